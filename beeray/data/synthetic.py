@@ -221,8 +221,11 @@ _CATALOG: dict[str, dict] = {
     },
 }
 
+_ACCESSORY_MAKERS = ["Univo", "Basix", "Maxpro", "Primeline", "Everyday", "Kinetix", "Solido", "Tecora",
+                     "Amberly", "Novex"]
+
 # Bump whenever the generator's output changes: it is part of the prepared-set fingerprint.
-SHOP_VERSION = 2
+SHOP_VERSION = 3
 N_BUNDLES_PER_CATEGORY = 10  # 10 categories x 10 = 100 bundles of 4 items -> 400 items
 
 
@@ -257,7 +260,12 @@ def shop_items(seed: int = 0, n_bundles_per_category: int = N_BUNDLES_PER_CATEGO
                 if r_i == 0:
                     text = _describe(rng, names, phrases, 5, brand=brand, model=model, code=code)
                 else:
-                    text = _describe(rng, names, phrases, 3, model=model, code=code)
+                    # Own maker and a unique part number: accessories of different bundles must not
+                    # collapse into one text, yet share no words with their bundle's main product.
+                    maker = _ACCESSORY_MAKERS[int(rng.integers(len(_ACCESSORY_MAKERS)))]
+                    sku = f"{chr(65 + int(rng.integers(26)))}{int(rng.integers(1000, 9999))}"
+                    text = f"{maker} " + _describe(rng, names, phrases, 3, model=model, code=code, sku=sku)
+                    text = text.replace(". ", f" {sku}. ", 1)
                 rows.append({"item_id": f"b{bundle:03d}-{role}", "text": text, "category": category,
                              "bundle": bundle, "role": role})
             bundle += 1

@@ -340,7 +340,10 @@ def load_amazon_json(path: str | Path, items: str | Path | None = None) -> RawDa
     item_path = Path(items).expanduser() if items else ipath.with_name(ipath.name.replace(".inter.json", ".item.json"))
     inter_raw = _load_json(ipath)
     users, its, pos = [], [], []
-    for u, seq in inter_raw.items():
+    from tqdm import tqdm
+
+    for u, seq in tqdm(inter_raw.items(), desc=f"reading {ipath.name}", unit=" users",
+                       disable=len(inter_raw) < 200_000, leave=False):
         if not isinstance(seq, list):
             raise BeerayError(f"{ipath}: user {u!r}: expected a list of item ids, got {type(seq).__name__}")
         for k, it in enumerate(seq):

@@ -67,10 +67,16 @@ def _files_of(path: Path) -> list[Path]:
 
 
 def _file_digest(path: Path) -> str:
+    from tqdm import tqdm
+
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    size = path.stat().st_size
+    # Only big inputs (ML-20M, full Goodbooks) take long enough to deserve a bar.
+    with open(path, "rb") as fh, tqdm(total=size, unit="B", unit_scale=True, desc=f"hashing {path.name}",
+                                      disable=size < (256 << 20), leave=False) as bar:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
+            bar.update(len(block))
     return h.hexdigest()
 
 

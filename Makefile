@@ -1,0 +1,39 @@
+# Two entry points that work on a fresh clone: `make demo` and `make test`.
+# Both create (or reuse) the virtual environment in .venv.
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTHON ?= python3
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-fast bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch first, pinned: 2.13.0 is the CPU wheel on CPU machines; letting the resolver pick
+	# torch would download multi-GB CUDA packages.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+# Train all-MiniLM-L6-v2 on the embedded synthetic shop and compare it with the base model
+# on cold-start items (a few minutes on a 2-core CPU).
+demo: setup
+	$(BIN)/beeray prepare synthetic --out data/shop --val-items 100 --test-items 100
+	rm -rf runs/demo
+	$(BIN)/beeray train --config experiments/demo.yaml
+
+test: setup
+	$(BIN)/pytest -q
+
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow"
+
+bench: setup
+	$(BIN)/python benchmarks/bench_step.py
+	$(BIN)/python benchmarks/bench_ray.py
+
+clean:
+	rm -rf runs data/shop

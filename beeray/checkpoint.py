@@ -1,0 +1,39 @@
+"""What a training checkpoint holds, and how it is written and read back (no pickle of objects)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+MODEL_DIR = "model"  # a plain SentenceTransformer folder: the checkpoint is usable as a model
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epoch to run next
+    step_in_epoch: int = 0  # step of that epoch to run next
+    global_step: int = 0
+    history: list[dict] = field(default_factory=list)  # one row per finished epoch
+    config: dict = field(default_factory=dict)
+
+
+def save_checkpoint(path: Path, model, optimizer, state: TrainState) -> None:
+    path = Path(path)
+    model.save(str(path / MODEL_DIR))
+    torch.save(optimizer.state_dict(), path / "optimizer.pt")
+    (path / "state.json").write_text(json.dumps(state.__dict__, indent=1))
+
+
+def load_checkpoint(path: Path, model, optimizer) -> TrainState:
+    """Restore weights and optimizer state in place; returns where to continue."""
+    from sentence_transformers import SentenceTransformer
+
+    path = Path(path)
+    saved = SentenceTransformer(str(path / MODEL_DIR), device="cpu")
+    model.load_state_dict(saved.state_dict())
+    # weights_only: tensors and plain containers only, never arbitrary objects
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    return TrainState(**json.loads((path / "state.json").read_text()))

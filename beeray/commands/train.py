@@ -1,0 +1,82 @@
+"""`beeray train`: train a sentence Transformer with beeFormer on a prepared data set, on Ray."""
+
+from __future__ import annotations
+
+import argparse
+
+from beeray.config import TrainConfig, parse_overrides, train_config
+from beeray.errors import BeerayError
+
+# flag -> TrainConfig field; the flags users reach for most. Anything else: --set key=value.
+_FLAGS = {
+    "--data": ("data", str, "prepared-data folder (from `beeray prepare`)"),
+    "--model": ("model", str, "base model: hub name or local SentenceTransformer folder"),
+    "--out": ("out", str, "output folder: model/, metrics.json, history.csv/png, ray/ checkpoints"),
+    "--lr": ("lr", float, "learning rate (paper: 1e-5)"),
+    "--epochs": ("epochs", int, "passes over the training users"),
+    "--batch-size": ("batch_size", int, "users per global step"),
+    "--m": ("m", int, "items per step: the batch's positives plus uniform negatives"),
+    "--max-seq-length": ("max_seq_length", int, "tokens per item text"),
+    "--encode-batch-size": ("encode_batch_size", int, "texts per encoder chunk"),
+    "--seed": ("seed", int, "seed of shuffles, negatives and dropout"),
+    "--parallel": ("parallel", str, "items (exact, default) | data"),
+    "--num-workers": ("num_workers", int, "Ray Train workers"),
+    "--cpus-per-worker": ("cpus_per_worker", int, "CPUs per worker (also torch threads on CPU)"),
+    "--gpus-per-worker": ("gpus_per_worker", float, "GPUs per worker (with --use-gpu)"),
+    "--checkpoint-every": ("checkpoint_every", int, "steps between checkpoints (0: each epoch)"),
+    "--max-failures": ("max_failures", int, "restarts from the last checkpoint after a worker dies"),
+    "--address": ("address", str, "Ray cluster address (default: local Ray, or RAY_ADDRESS)"),
+    "--amp": ("amp", str, "auto | bf16 | off"),
+}
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model with beeFormer (Ray Train)",
+        description="Train a sentence Transformer on the training users of a prepared data set with the "
+                    "beeFormer two-pass step, on local Ray or a cluster. Values come from --config (YAML), "
+                    "then from the flags below, then from --set.",
+        epilog="examples:\n"
+               "  beeray train --data data/shop --epochs 3 --out runs/shop\n"
+               "  beeray train --config experiments/ml-small-cpu.yaml --data data/ml --out runs/ml\n"
+               "  beeray train --config experiments/goodbooks.yaml --address auto --num-workers 4\n"
+               "  beeray train --config experiments/ml-small-cpu.yaml --out runs/ml --resume",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", help="YAML file with TrainConfig keys (see experiments/)")
+    for flag, (_, tp, help_) in _FLAGS.items():
+        p.add_argument(flag, type=tp, help=help_)
+    p.add_argument("--use-gpu", action="store_true", default=None, help="one GPU per worker")
+    p.add_argument("--full-train", action="store_true", default=None,
+                   help="also train on the validation cold items (the final model)")
+    p.add_argument("--no-eval", dest="eval_every_epoch", action="store_false", default=None,
+                   help="skip validation after each epoch")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other config key")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.add_argument("--no-baseline", dest="baseline", action="store_false",
+                   help="do not evaluate the base model for comparison")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args) -> TrainConfig:
+    overrides = {field: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, (field, _, _) in _FLAGS.items()}
+    overrides.update(use_gpu=args.use_gpu, full_train=args.full_train, eval_every_epoch=args.eval_every_epoch)
+    overrides.update(parse_overrides(args.set))
+    return train_config(args.config, overrides)
+
+
+def run(args) -> int:
+    from beeray.artifacts import metrics_table
+    from beeray.trainer import train
+
+    cfg = config_from_args(args)
+    if not cfg.data:
+        raise BeerayError("no data: pass --data DIR (made by `beeray prepare`) or set `data:` in --config")
+    result = train(cfg, resume=args.resume, baseline=args.baseline)
+    rows = {f"{who} / {split}": res for who, per in result.metrics.items() for split, res in per.items()}
+    print()
+    print(metrics_table(rows))
+    print(f"\nmodel: {result.model_dir}\nmetrics: {result.out / 'metrics.json'}\n"
+          f"history: {result.out / 'history.csv'}, {result.out / 'history.png'}")
+    return 0

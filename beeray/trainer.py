@@ -1,0 +1,201 @@
+"""The driver side of training: start or join Ray, launch the TorchTrainer, write the artifacts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from beeray import artifacts
+from beeray.checkpoint import MODEL_DIR, TrainState
+from beeray.config import TrainConfig, to_dict
+from beeray.data.prepared import PreparedData
+from beeray.errors import BeerayError
+from beeray.train_loop import PAD_USER, train_loop_per_worker
+
+RUN_NAME = "train"  # stable, so that re-running with --resume finds the run (Train V2 restores by name)
+
+
+@dataclass
+class TrainOutput:
+    out: Path
+    model_dir: Path
+    history: list[dict]
+    metrics: dict
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Join the cluster at `address` (or RAY_ADDRESS), else start a local Ray with no open dashboard."""
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and address != "auto":
+        _check_reachable(address)
+        ray.init(address=address, log_to_driver=True)
+    elif address == "auto":
+        ray.init(address="auto")
+    else:
+        # No dashboard locally: nothing listens beyond the loopback interface by default.
+        ray.init(num_cpus=num_cpus, include_dashboard=False)
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast instead of letting ray.init retry for minutes against a dead address."""
+    target = address.removeprefix("ray://").removeprefix("http://").removeprefix("https://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise BeerayError(f"Ray address {address!r} is not host:port (or 'auto')")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise BeerayError(f"Ray cluster at {address} does not answer ({exc.strerror or exc})") from None
+
+
+def _check_resources(cfg: TrainConfig) -> None:
+    import ray
+
+    have = ray.cluster_resources()
+    need_cpu = cfg.num_workers * cfg.cpus_per_worker
+    need_gpu = cfg.num_workers * cfg.gpus_per_worker if cfg.use_gpu else 0
+    if need_cpu > have.get("CPU", 0) or need_gpu > have.get("GPU", 0):
+        raise BeerayError(
+            f"the run asks for {cfg.num_workers} workers x ({cfg.cpus_per_worker} CPU"
+            f"{f', {cfg.gpus_per_worker} GPU' if cfg.use_gpu else ''}) = {need_cpu} CPU, {need_gpu} GPU, "
+            f"but the Ray cluster has {have.get('CPU', 0):g} CPU, {have.get('GPU', 0):g} GPU"
+        )
+
+
+def train_dataset(data: PreparedData, full: bool, world: int):
+    """The users' rows as a Ray Dataset, padded to a multiple of the worker count.
+
+    Ray Train splits with streaming_split(equal=True), which would drop up to W-1 rows per
+    epoch; padding rows (user = -1, no items) make the split exact, and workers skip them.
+    """
+    import ray.data
+
+    # Materialized up front (one small row per user): once the workers hold every CPU, a lazy
+    # read would have no CPU left to run on and the split would wait forever.
+    ds = ray.data.read_parquet(str(data.train_path(full))).select_columns(["user", "items"]).materialize()
+    n = ds.count()
+    if n == 0:
+        raise BeerayError(f"{data.train_path(full)} holds no training users")
+    pad = (-n) % world
+    if pad:
+        schema = pa.schema([("user", pa.int32()), ("items", pa.list_(pa.int32()))])
+        filler = pa.table({"user": [PAD_USER] * pad, "items": [[] for _ in range(pad)]}, schema=schema)
+        ds = ds.union(ray.data.from_arrow(filler)).materialize()
+    return ds
+
+
+def _prepare_out(cfg: TrainConfig, resume: bool) -> Path:
+    out = Path(cfg.out).expanduser().resolve()
+    run_dir = out / "ray" / RUN_NAME
+    saved = out / "config.json"
+    if resume:
+        if not run_dir.exists() or not saved.exists():
+            raise BeerayError(f"--resume: no previous run in {out}")
+        old = json.loads(saved.read_text())
+        changed = [k for k in TrainConfig.RESUME_KEYS if old.get(k) != to_dict(cfg).get(k)]
+        if changed:
+            raise BeerayError(f"--resume: the checkpoint in {out} was made with a different config "
+                              f"({', '.join(f'{k}: {old.get(k)!r} -> {to_dict(cfg).get(k)!r}' for k in changed)})")
+    elif run_dir.exists():
+        raise BeerayError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    return out
+
+
+def fit(cfg: TrainConfig, *, resume: bool = False, run_config_callbacks: list | None = None,
+        storage_path: str | None = None, name: str = RUN_NAME):
+    """Run the TorchTrainer; returns Ray's Result. Used by `beeray train` and by each Tune trial."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from ray.data import DataContext
+
+    data = PreparedData.load(cfg.data)
+    _check_resources(cfg)
+    # Same shard contents in the same order on every run: resume must replay the epoch exactly.
+    DataContext.get_current().execution_options.preserve_order = True
+    resources = {"CPU": cfg.cpus_per_worker}
+    if cfg.use_gpu:
+        resources["GPU"] = cfg.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=to_dict(cfg),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker=resources),
+        datasets={"train": train_dataset(data, cfg.full_train, cfg.num_workers)},
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path or str(Path(cfg.out).resolve() / "ray"),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            callbacks=run_config_callbacks or None,
+        ),
+    )
+    return trainer.fit()
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, baseline: bool = True) -> TrainOutput:
+    """`beeray train`: fit, then save the model, its card, history and metrics under cfg.out."""
+    from ray.train import TrainingFailedError
+
+    data = PreparedData.load(cfg.data)  # fail on a bad folder before Ray starts
+    cfg.data = str(data.root.resolve())
+    out = _prepare_out(cfg, resume)
+    init_ray(cfg.address)
+    try:
+        result = fit(cfg, resume=resume)
+    except TrainingFailedError as exc:
+        raise BeerayError(f"training failed: {_root_cause(exc)}") from exc
+    if result.checkpoint is None:
+        raise BeerayError("training finished without a checkpoint")
+
+    model_dir = out / "model"
+    with result.checkpoint.as_directory() as ckpt:
+        state = TrainState(**json.loads((Path(ckpt) / "state.json").read_text()))
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
+        shutil.copytree(Path(ckpt) / MODEL_DIR, model_dir)
+    artifacts.write_history(state.history, out)
+    metrics = final_metrics(cfg, data, model_dir, baseline=baseline)
+    artifacts.write_json({"config": to_dict(cfg), "data": data.stats, **metrics}, out / "metrics.json")
+    artifacts.model_card(model_dir, to_dict(cfg), data.stats, metrics)
+    return TrainOutput(out=out, model_dir=model_dir, history=state.history, metrics=metrics)
+
+
+def final_metrics(cfg: TrainConfig, data: PreparedData, model_dir: Path, baseline: bool) -> dict:
+    """Validation and test metrics of the trained model, and of the base model for comparison.
+
+    Test items are touched here only, never during training or model selection.
+    """
+    from beeray.evaluate import evaluate
+    from beeray.models import load_model
+
+    splits = ["val", "test"] if cfg.evaluate_test else ["val"]
+    models = {"trained": str(model_dir)}
+    if baseline:
+        models = {"base": cfg.model, **models}
+    out: dict = {}
+    for who, name in models.items():
+        model = load_model(name, trust_remote_code=cfg.trust_remote_code)
+        model.max_seq_length = cfg.max_seq_length
+        out[who] = {s: evaluate(model, data, s, show_progress=False) for s in splits}
+    return out
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {exc}"

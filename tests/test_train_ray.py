@@ -1,0 +1,154 @@
+"""Training through Ray Train: artifacts, sharding, checkpoints, resume, fault tolerance, bad input."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+
+from beeray.cli import main
+from beeray.config import train_config
+from beeray.errors import BeerayError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    from beeray.data.prepare import prepare_synthetic
+
+    out = tmp_path_factory.mktemp("shop") / "prepared"
+    prepare_synthetic(out)
+    return out
+
+
+def _cfg(shop, model, out, **kw):
+    base = dict(data=str(shop), model=str(model), out=str(out), epochs=2, batch_size=64, m=96,
+                max_seq_length=24, encode_batch_size=48, lr=1e-3, seed=3)
+    base.update(kw)
+    return train_config(None, base)
+
+
+def _params(model_dir):
+    return [p.detach() for p in SentenceTransformer(str(model_dir), device="cpu").parameters()]
+
+
+def test_train_cli_writes_artifacts_and_learns(ray_session, shop, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "--data", str(shop), "--model", str(tiny_model_dir), "--out", str(out), "--epochs", "2",
+               "--batch-size", "64", "--m", "96", "--max-seq-length", "24", "--lr", "1e-3",
+               "--encode-batch-size", "48"])
+    assert rc == 0
+    model = SentenceTransformer(str(out / "model"), device="cpu")  # a real SentenceTransformer folder
+    assert model.encode(["a printer"]).shape == (1, 32)
+    assert "beeray training" in (out / "model" / "README.md").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    for who in ("base", "trained"):
+        for split in ("val", "test"):
+            assert {"recall@20", "recall@50", "ndcg@100", "users", "stderr"} <= metrics[who][split].keys()
+    # The random tiny encoder knows nothing; two epochs of beeFormer must beat it clearly.
+    assert metrics["trained"]["val"]["ndcg@100"] > metrics["base"]["val"]["ndcg@100"] + 0.05
+    history = pd.read_csv(out / "history.csv")
+    assert list(history["epoch"]) == [1, 2]
+    assert history["loss"].iloc[-1] < history["loss"].iloc[0]
+    assert (out / "history.png").stat().st_size > 1000
+    assert "trained / test" in capsys.readouterr().out
+
+
+def test_every_user_seen_once_per_epoch_with_two_workers(ray_session, shop, tmp_path):
+    """The real dataset + shard reader: W=2, an odd user count, nobody dropped or repeated."""
+    import ray.train
+    from ray.train import DataConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from beeray.data.prepared import PreparedData
+    from beeray.train_loop import PAD_USER, read_shard
+    from beeray.trainer import train_dataset
+
+    data = PreparedData.load(shop)
+    n_users = pd.read_parquet(data.train_path()).shape[0]
+
+    def loop(config):
+        seen = []
+        for _epoch in range(2):
+            users, items = read_shard(ray.train.get_dataset_shard("train"))
+            seen.append(users.tolist())
+        with open(f"{config['dir']}/rank{ray.train.get_context().get_world_rank()}.json", "w") as f:
+            json.dump(seen, f)
+
+    assert n_users % 2 == 1  # an odd count: the equal split works only thanks to the padding row
+    ds = train_dataset(data, full=False, world=2)
+    expected = n_users
+    TorchTrainer(loop, train_loop_config={"dir": str(tmp_path)}, scaling_config=ScalingConfig(num_workers=2),
+                 datasets={"train": ds}, dataset_config=DataConfig(datasets_to_split=["train"]),
+                 run_config=RunConfig(storage_path=str(tmp_path / "ray"), name="shards")).fit()
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for epoch in range(2):
+        rows = ranks[0][epoch] + ranks[1][epoch]
+        assert len(ranks[0][epoch]) == len(ranks[1][epoch])  # same step count on both workers
+        users = [u for u in rows if u != PAD_USER]
+        assert len(users) == len(set(users)) == expected
+
+
+def test_crash_resume_equals_uninterrupted_run(ray_session, shop, tiny_model_dir, tmp_path):
+    from beeray.trainer import train
+
+    ref = train(_cfg(shop, tiny_model_dir, tmp_path / "ref", checkpoint_every=3), baseline=False)
+    # Same run, but rank 0 dies at step 5 (after the checkpoint at step 3) and nothing restarts it.
+    crashed = _cfg(shop, tiny_model_dir, tmp_path / "crash", checkpoint_every=3, crash_at_step=5)
+    with pytest.raises(BeerayError, match="injected worker crash at step 5"):
+        train(crashed, baseline=False)
+    resumed = train(crashed, resume=True, baseline=False)
+    for a, b in zip(_params(ref.model_dir), _params(resumed.model_dir)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    np.testing.assert_allclose([h["loss"] for h in resumed.history], [h["loss"] for h in ref.history], rtol=1e-5)
+
+    # FailureConfig: the worker group restarts by itself from the newest checkpoint.
+    auto = train(_cfg(shop, tiny_model_dir, tmp_path / "auto", checkpoint_every=3, crash_at_step=5,
+                      max_failures=1), baseline=False)
+    for a, b in zip(_params(ref.model_dir), _params(auto.model_dir)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+    # A checkpoint made with another config is refused, not silently mixed.
+    with pytest.raises(BeerayError, match="different config.*lr"):
+        train(_cfg(shop, tiny_model_dir, tmp_path / "crash", checkpoint_every=3, lr=5e-4), resume=True)
+    with pytest.raises(BeerayError, match="already holds a run"):
+        train(_cfg(shop, tiny_model_dir, tmp_path / "ref"))
+
+
+def test_more_workers_than_cpus_is_an_error(ray_session, shop, tiny_model_dir, tmp_path):
+    from beeray.trainer import train
+
+    with pytest.raises(BeerayError, match="asks for 3 workers.*cluster has 2 CPU"):
+        train(_cfg(shop, tiny_model_dir, tmp_path / "big", num_workers=3))
+
+
+def test_dead_cluster_address_fails_fast(shop, tmp_path, capsys):
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    t0 = time.time()
+    rc = main(["train", "--data", str(shop), "--out", str(tmp_path / "x"), "--address", f"127.0.0.1:{port}"])
+    assert rc == 2 and time.time() - t0 < 30
+    assert f"Ray cluster at 127.0.0.1:{port} does not answer" in capsys.readouterr().err
+
+
+def test_missing_data_folder(tmp_path, capsys):
+    rc = main(["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
+    assert rc == 2
+    assert "nope" in capsys.readouterr().err

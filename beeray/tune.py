@@ -475,8 +475,10 @@ def _prepare_out(cfg: TuneConfig, resume: bool) -> Path:
 
 def run_search(cfg: TuneConfig, *, resume: bool = False, callbacks: list | None = None):
     """Run (or continue) the trials; returns Ray's ResultGrid."""
+    from beeray.data.prepared import PreparedData
     from beeray.trainer import init_ray
 
+    PreparedData.load(cfg.train.data)  # a missing or broken folder fails here, not in every trial
     out = _prepare_out(cfg, resume)
     init_ray(cfg.train.address)
     tuner = _tuner(cfg, out, resume, callbacks)

@@ -16,6 +16,7 @@ class TrainState:
     epoch: int = 0  # epoch to run next
     step_in_epoch: int = 0  # step of that epoch to run next
     global_step: int = 0
+    epoch_losses: list[float] = field(default_factory=list)  # steps of the running epoch so far
     history: list[dict] = field(default_factory=list)  # one row per finished epoch
     config: dict = field(default_factory=dict)
 

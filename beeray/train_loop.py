@@ -88,7 +88,9 @@ def train_loop_per_worker(config: dict) -> None:
         order = step_rng(cfg.seed, epoch, rank, world).permutation(users.size)
         n_steps = math.ceil(users.size / local_batch)
         first = state.step_in_epoch if epoch == state.epoch else 0
-        losses, n_items, t0 = [], 0, time.perf_counter()
+        if first == 0:
+            state.epoch_losses = []
+        n_items, t0 = 0, time.perf_counter()
         progress = Progress(f"epoch {epoch + 1}/{cfg.epochs}", n_steps, enabled=rank == 0)
         for step in range(first, n_steps):
             rows = order[step * local_batch:(step + 1) * local_batch]
@@ -99,7 +101,7 @@ def train_loop_per_worker(config: dict) -> None:
             res = train_step(model, optimizer, catalog, batch, m=cfg.m, rng_key=key,
                              chunk_size=cfg.encode_batch_size, device=device, amp=amp,
                              mode=cfg.parallel, comm=comm)
-            losses.append(res.loss)
+            state.epoch_losses.append(res.loss)
             n_items += res.items
             state.global_step += 1
             if rank == 0 and checkpoint is None and state.global_step == cfg.crash_at_step:
@@ -111,7 +113,8 @@ def train_loop_per_worker(config: dict) -> None:
                 report({"epoch": epoch, "step": state.global_step, "loss": res.loss}, with_checkpoint=True)
 
         seconds = time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "step": state.global_step, "loss": float(np.mean(losses)) if losses else None,
+        mean_loss = float(np.mean(state.epoch_losses)) if state.epoch_losses else None
+        row = {"epoch": epoch + 1, "step": state.global_step, "loss": mean_loss,
                "items_per_s": n_items / seconds if seconds > 0 else None, "seconds": seconds}
         if cfg.eval_every_epoch and rank == 0:
             from beeray.evaluate import evaluate

@@ -34,12 +34,13 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
 
     import ray
 
-    if ray.is_initialized():
-        return
     address = address or os.environ.get("RAY_ADDRESS")
     if address and address != "auto":
         _check_reachable(address)
-        ray.init(address=address, log_to_driver=True)
+    if ray.is_initialized():
+        return
+    if address and address != "auto":
+        ray.init(address=address)
     elif address == "auto":
         ray.init(address="auto")
     else:

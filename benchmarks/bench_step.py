@@ -238,6 +238,7 @@ def case_goodbooks(args) -> dict:
                      rec["pass2_s"], rec["optimizer_s"], rec["other_s"]])
         print(f"  rep {rep}: |I_b| {res.items}  step {step_s:.2f}s  encode {enc_s:.2f}s  "
               f"ratio {step_s / enc_s:.2f}", flush=True)
+        write("goodbooks.partial", {"case": "goodbooks", "config": vars(args), "reps": records})
 
     step_total = sum(r["step_s"] for r in records)
     enc_total = sum(r["encode_s"] for r in records)
@@ -320,6 +321,7 @@ def case_ml_reference(args) -> dict:
                      rec["ref_step_s"] / rec["ref_encode_s"]])
         print(f"  rep {rep}: |I_b| {rec['items']}  beeray {rec['bee_step_s']:.2f}s  reference "
               f"{rec['ref_step_s']:.2f}s  speed-up {rec['speedup']:.2f}x", flush=True)
+        write("ml-reference.partial", {"case": "ml-reference", "config": vars(args), "reps": records})
 
     def tot(k):
         return sum(r[k] for r in records)

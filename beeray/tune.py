@@ -359,7 +359,7 @@ def collect(result_grid, cfg: TuneConfig) -> list[TrialRow]:
             best = better(history, key=lambda h: h[cfg.metric])
             row.best, row.best_epoch = float(best[cfg.metric]), int(best["epoch"])
         rows.append(row)
-    return sorted(rows, key=lambda r: r.trial_id)
+    return rows  # in the order Tune created the trials
 
 
 def results_frame(rows: list[TrialRow], cfg: TuneConfig) -> pd.DataFrame:
@@ -483,10 +483,24 @@ def run_search(cfg: TuneConfig, *, resume: bool = False, callbacks: list | None 
     init_ray(cfg.train.address)
     tuner = _tuner(cfg, out, resume, callbacks)
     try:
-        return tuner.fit()
+        grid = tuner.fit()
     except Exception as exc:  # TuneError: the experiment itself broke (not a trial); it can be resumed
         raise BeerayError(f"the search stopped ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                           f"continue it with --resume") from exc
+    # Ctrl-C (SIGINT) makes Tune save its state and return early instead of raising.
+    unfinished = _unfinished(grid, cfg.num_samples)
+    if unfinished:
+        raise BeerayError(f"the search in {out} was interrupted with {unfinished} trial(s) unfinished; "
+                          f"continue it with --resume")
+    return grid
+
+
+def _unfinished(grid, num_samples: int) -> int:
+    from ray.tune.experiment import Trial
+
+    trials = grid._experiment_analysis.trials  # statuses are not on the public Result
+    done = sum(t.status in (Trial.TERMINATED, Trial.ERROR) for t in trials)
+    return max(num_samples, len(trials)) - done
 
 
 def finish(cfg: TuneConfig, result_grid, *, resume: bool = False, baseline: bool = True) -> TuneOutput:

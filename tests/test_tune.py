@@ -154,9 +154,12 @@ def _shop_config(shop, model, out, **search):
 
 
 class _StopAfter:
-    """A Tune callback that breaks the experiment after `n` trials finished (an interrupted search)."""
+    """A Tune callback that presses Ctrl-C once `n` trials finished: an interrupted search."""
 
     def __new__(cls, n):
+        import os
+        import signal
+
         from ray.tune import Callback
 
         class StopAfter(Callback):
@@ -165,16 +168,15 @@ class _StopAfter:
 
             def on_trial_complete(self, iteration, trials, trial, **info):
                 self.finished[trial.trial_id] = dict(trial.last_result)
-                if len(self.finished) >= n:
-                    raise RuntimeError("simulated interruption")
+                if len(self.finished) == n:
+                    os.kill(os.getpid(), signal.SIGINT)  # Tune saves its state and stops
 
         return StopAfter()
 
 
 @pytest.mark.slow
 def test_search_interrupted_resumed_then_best_retrained_and_tested_once(
-        ray_session, shop, tiny_model_dir, tmp_path, monkeypatch):
-    import beeray.evaluate
+        ray_session, shop, tiny_model_dir, tmp_path):
     from beeray.data.prepared import PreparedData
     from beeray.tune import run_search, tune
 
@@ -183,22 +185,14 @@ def test_search_interrupted_resumed_then_best_retrained_and_tested_once(
 
     # 1) An interrupted search: the experiment breaks once two trials have finished.
     stop = _StopAfter(2)
-    with pytest.raises(BeerayError, match="--resume"):
+    with pytest.raises(BeerayError, match="interrupted .* continue it with --resume"):
         run_search(cfg, callbacks=[stop])
     finished = stop.finished
-    assert len(finished) == 2
+    assert len(finished) >= 2
     with pytest.raises(BeerayError, match="already holds a search"):
         run_search(cfg)
 
     # 2) Resume: the finished trials are kept as they are, the rest run; then the final retrain.
-    calls = []
-    real_evaluate = beeray.evaluate.evaluate
-
-    def spy(model, data, which, *args, **kwargs):
-        calls.append(which)
-        return real_evaluate(model, data, which, *args, **kwargs)
-
-    monkeypatch.setattr(beeray.evaluate, "evaluate", spy)
     result = tune(cfg, resume=True)
 
     rows = {r.trial_id: r for r in result.rows}
@@ -246,7 +240,12 @@ def test_search_interrupted_resumed_then_best_retrained_and_tested_once(
         assert final["config"][key] == pytest.approx(value)
     assert set(final) >= {"base", "trained"} and set(final["trained"]) == {"val", "test"}
     assert best["final"]["metrics"]["trained"]["test"] == final["trained"]["test"]
-    assert calls.count("test") == 2  # in this process: the base model once, the final model once
+    # Test metrics exist once per model, in the final run only (the trainer evaluates in a Ray task,
+    # so a spy cannot count calls; the trials' histories above and here carry validation keys only).
+    assert set(final["base"]) == {"val", "test"} and set(final["trained"]) == {"val", "test"}
+    for state in states:
+        for row in json.loads(state.read_text())["history"]:
+            assert not [k for k in row if "test" in k], row
     assert (out / "final" / "model" / "config.json").exists()
 
 

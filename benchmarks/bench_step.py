@@ -247,7 +247,7 @@ def case_goodbooks(args) -> dict:
                "pass2_over_pass1": sum(r["pass2_s"] for r in records) / sum(r["pass1_s"] for r in records),
                "goal": 4.5}
     print()
-    print(f"goodbooks step efficiency: MiniLM, msl {args.msl}, m {args.m}, chunk {args.chunk}, batch "
+    print(f"goodbooks step efficiency: {Path(args.model).name}, msl {args.msl}, m {args.m}, chunk {args.chunk}, batch "
           f"{args.batch} users, {device}, {torch.get_num_threads()} threads")
     print(table(["rep", "|I_b|", "pos", "tokens", "step_s", "encode_s", "ratio", "pass1_s", "pass2_s", "optim_s",
                  "other_s"], rows))
@@ -335,7 +335,7 @@ def case_ml_reference(args) -> dict:
                "ref_width": width, "mean_tokens_per_text": float(catalog.lengths.mean()),
                "goal_speedup": 2.5}
     print()
-    print(f"ml-reference: MiniLM, ml-latest-small ({len(catalog)} items), msl {args.msl} (reference pads to "
+    print(f"ml-reference: {Path(args.model).name}, ml-latest-small ({len(catalog)} items), msl {args.msl} (reference pads to "
           f"{width}), m {args.m}, chunk {args.chunk}, batch {args.batch} users, {device}, "
           f"{torch.get_num_threads()} threads")
     print(table(["rep", "|I_b|", "beeray_s", "ref_s", "speedup", "bee_enc_s", "ref_enc_s", "bee_step/enc",
@@ -424,7 +424,7 @@ def case_memory(args) -> dict:
     if records and "cuda_peak_mb" in records[0]:
         headers += ["cuda_peak_MB", "cuda_delta_MB"]
     print()
-    print(f"memory: MiniLM, msl {args.msl}, chunk {args.chunk}, batch {args.batch} users, one step per fresh "
+    print(f"memory: {Path(args.model).name}, msl {args.msl}, chunk {args.chunk}, batch {args.batch} users, one step per fresh "
           f"process, {args.device}; peak = ru_maxrss after the step, delta = peak - RSS after model load + tokenize")
     print(table(headers, rows))
     print("note: the delta includes the AdamW state (2 x params) and gradients (1 x params) created by the first "

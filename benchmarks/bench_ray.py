@@ -178,7 +178,7 @@ def main(argv=None) -> int:
         rows.append([name, len(recs), round(users), round(items), round(enc0), s, 1 / s, users / s, base / s])
     print()
     print(f"distributed step ({device}, {a.threads} thread(s) per worker, torch.multiprocessing + "
-          f"{'nccl' if device == 'cuda' else 'gloo'}, not Ray start-up): MiniLM, ml-latest-small, msl {a.msl}, "
+          f"{'nccl' if device == 'cuda' else 'gloo'}, not Ray start-up): {Path(a.model).name}, ml-latest-small, msl {a.msl}, "
           f"m {a.m}, global batch {a.batch} users, chunk {a.chunk}, {a.steps} steps x {a.rounds} round(s)")
     print(table(["config", "steps", "users/step", "|I_b|/step (per worker in data)", "encoded/worker", "s/step",
                  "steps/s", "users/s", "speed-up vs items-W1"], rows))

@@ -7,6 +7,7 @@ it is the single-process trainer; with W it runs the distributed step of method.
 from __future__ import annotations
 
 import math
+import sys
 import tempfile
 import time
 
@@ -122,11 +123,17 @@ def train_loop_per_worker(config: dict) -> None:
             model.eval()
             metrics = evaluate(model, data, "val", show_progress=False, bootstrap=0)
             row.update({f"val_{k}": metrics[k] for k in ("recall@20", "recall@50", "ndcg@100")})
-            print(f"epoch {epoch + 1}: loss {row['loss']:.5f}  val recall@20 {row['val_recall@20']:.4f}  "
-                  f"ndcg@100 {row['val_ndcg@100']:.4f}", flush=True)
+            log(f"epoch {epoch + 1}: loss {row['loss']:.5f}  val recall@20 {row['val_recall@20']:.4f}  "
+                f"ndcg@100 {row['val_ndcg@100']:.4f}")
         state.history.append(row)
         state.epoch, state.step_in_epoch = epoch + 1, 0
         report(row, with_checkpoint=True)
+
+
+def log(message: str) -> None:
+    # Straight to the process's stdout: Ray Train's patched print() would both tee and log each
+    # line, and the driver would show it twice.
+    print(message, file=sys.__stdout__, flush=True)
 
 
 class Progress:
@@ -143,5 +150,5 @@ class Progress:
     def update(self, done: int, text: str) -> None:
         now = time.perf_counter()
         if self.enabled and (now - self.last >= self.every_s or done == self.total):
-            print(f"{self.desc}  step {done}/{self.total}  {text}", flush=True)
+            log(f"{self.desc}  step {done}/{self.total}  {text}")
             self.last = now

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 from dataclasses import dataclass
@@ -30,8 +31,6 @@ class TrainOutput:
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     """Join the cluster at `address` (or RAY_ADDRESS), else start a local Ray with no open dashboard."""
-    import os
-
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
@@ -39,10 +38,8 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         _check_reachable(address)
     if ray.is_initialized():
         return
-    if address and address != "auto":
+    if address:
         ray.init(address=address)
-    elif address == "auto":
-        ray.init(address="auto")
     else:
         # No dashboard locally: nothing listens beyond the loopback interface by default.
         ray.init(num_cpus=num_cpus, include_dashboard=False)
@@ -60,18 +57,25 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         raise BeerayError(f"Ray cluster at {address} does not answer ({exc.strerror or exc})") from None
 
 
-def _check_resources(cfg: TrainConfig) -> None:
+def _check_resources(cfg: TrainConfig, local: bool) -> None:
+    """Refuse a run that can never be placed on the local Ray we started ourselves.
+
+    On a cluster the autoscaler may add nodes (GPU workers often scale from zero), so there a
+    shortfall is only reported and Ray waits for the resources.
+    """
     import ray
 
     have = ray.cluster_resources()
     need_cpu = cfg.num_workers * cfg.cpus_per_worker
     need_gpu = cfg.num_workers * cfg.gpus_per_worker if cfg.use_gpu else 0
-    if need_cpu > have.get("CPU", 0) or need_gpu > have.get("GPU", 0):
-        raise BeerayError(
-            f"the run asks for {cfg.num_workers} workers x ({cfg.cpus_per_worker} CPU"
-            f"{f', {cfg.gpus_per_worker} GPU' if cfg.use_gpu else ''}) = {need_cpu} CPU, {need_gpu} GPU, "
-            f"but the Ray cluster has {have.get('CPU', 0):g} CPU, {have.get('GPU', 0):g} GPU"
-        )
+    if need_cpu <= have.get("CPU", 0) and need_gpu <= have.get("GPU", 0):
+        return
+    msg = (f"the run asks for {cfg.num_workers} workers x ({cfg.cpus_per_worker} CPU"
+           f"{f', {cfg.gpus_per_worker} GPU' if cfg.use_gpu else ''}) = {need_cpu} CPU, {need_gpu} GPU, "
+           f"but the Ray cluster has {have.get('CPU', 0):g} CPU, {have.get('GPU', 0):g} GPU")
+    if local:
+        raise BeerayError(msg)
+    print(f"beeray: {msg} now; waiting for the autoscaler to add nodes", flush=True)
 
 
 def train_dataset(data: PreparedData, full: bool, world: int):
@@ -80,20 +84,21 @@ def train_dataset(data: PreparedData, full: bool, world: int):
     Ray Train splits with streaming_split(equal=True), which would drop up to W-1 rows per
     epoch; padding rows (user = -1, no items) make the split exact, and workers skip them.
     """
+    import pyarrow.parquet as pq
     import ray.data
 
-    # Materialized up front (one small row per user): once the workers hold every CPU, a lazy
-    # read would have no CPU left to run on and the split would wait forever.
-    ds = ray.data.read_parquet(str(data.train_path(full))).select_columns(["user", "items"]).materialize()
-    n = ds.count()
-    if n == 0:
-        raise BeerayError(f"{data.train_path(full)} holds no training users")
-    pad = (-n) % world
+    # The driver reads the table itself (one small row per user: a few MB even at Amazon scale)
+    # and hands it to Ray Data, which shards it. A read *task* would need a free CPU, and inside
+    # a Tune trial or on a cluster whose CPUs the workers hold, there may be none: it would wait forever.
+    path = data.train_path(full)
+    table = pq.read_table(path, columns=["user", "items"])
+    if table.num_rows == 0:
+        raise BeerayError(f"{path} holds no training users")
+    pad = (-table.num_rows) % world
     if pad:
-        schema = pa.schema([("user", pa.int32()), ("items", pa.list_(pa.int32()))])
-        filler = pa.table({"user": [PAD_USER] * pad, "items": [[] for _ in range(pad)]}, schema=schema)
-        ds = ds.union(ray.data.from_arrow(filler)).materialize()
-    return ds
+        filler = pa.table({"user": [PAD_USER] * pad, "items": [[] for _ in range(pad)]}, schema=table.schema)
+        table = pa.concat_tables([table, filler])
+    return ray.data.from_arrow(table)
 
 
 def _prepare_out(cfg: TrainConfig, resume: bool) -> Path:
@@ -124,9 +129,11 @@ def fit(cfg: TrainConfig, *, resume: bool = False, run_config_callbacks: list | 
     from ray.data import DataContext
 
     data = PreparedData.load(cfg.data)
-    _check_resources(cfg)
+    _check_resources(cfg, local=not (cfg.address or os.environ.get("RAY_ADDRESS")))
     # Same shard contents in the same order on every run: resume must replay the epoch exactly.
-    DataContext.get_current().execution_options.preserve_order = True
+    ctx = DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False  # a few MB of user rows: the bars would only add noise to the logs
     resources = {"CPU": cfg.cpus_per_worker}
     if cfg.use_gpu:
         resources["GPU"] = cfg.gpus_per_worker
@@ -150,6 +157,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, run_config_callbacks: list | 
 
 def train(cfg: TrainConfig, *, resume: bool = False, baseline: bool = True) -> TrainOutput:
     """`beeray train`: fit, then save the model, its card, history and metrics under cfg.out."""
+    import ray
     from ray.train import TrainingFailedError
 
     data = PreparedData.load(cfg.data)  # fail on a bad folder before Ray starts
@@ -170,13 +178,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, baseline: bool = True) -> T
             shutil.rmtree(model_dir)
         shutil.copytree(Path(ckpt) / MODEL_DIR, model_dir)
     artifacts.write_history(state.history, out)
-    metrics = final_metrics(cfg, data, model_dir, baseline=baseline)
+    # On a cluster the driver sits on the (CPU) head node: evaluate where the workers' devices are.
+    gpus = cfg.gpus_per_worker if cfg.use_gpu else 0
+    task = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=gpus)(final_metrics)
+    metrics = ray.get(task.remote(cfg, data.root, model_dir, baseline=baseline))
     artifacts.write_json({"config": to_dict(cfg), "data": data.stats, **metrics}, out / "metrics.json")
     artifacts.model_card(model_dir, to_dict(cfg), data.stats, metrics)
     return TrainOutput(out=out, model_dir=model_dir, history=state.history, metrics=metrics)
 
 
-def final_metrics(cfg: TrainConfig, data: PreparedData, model_dir: Path, baseline: bool) -> dict:
+def final_metrics(cfg: TrainConfig, data_dir: Path, model_dir: Path, baseline: bool) -> dict:
     """Validation and test metrics of the trained model, and of the base model for comparison.
 
     Test items are touched here only, never during training or model selection.
@@ -184,6 +195,7 @@ def final_metrics(cfg: TrainConfig, data: PreparedData, model_dir: Path, baselin
     from beeray.evaluate import evaluate
     from beeray.models import load_model
 
+    data = PreparedData.load(data_dir)
     splits = ["val", "test"] if cfg.evaluate_test else ["val"]
     models = {"trained": str(model_dir)}
     if baseline:

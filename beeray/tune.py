@@ -258,10 +258,64 @@ def trial_config(base: TrainConfig, sampled: dict) -> TrainConfig:
     return from_dict(TrainConfig, values, "trial config").validate()
 
 
+PG_FILE = "placement_groups.txt"  # in a trial's Train run folder: its workers' placement group ids
+
+
+def _placement_group_recorder(path: Path):
+    """A Train worker-group callback (runs in the TrainController) that writes down its placement group.
+
+    When ASHA stops a trial, Tune kills the trial and with it the TrainController; Ray Train's own
+    PlacementGroupCleaner then has to find the dead controller through the state API, which needs the
+    dashboard (off locally) and a unique Ray instance per machine. When it cannot, the workers'
+    placement group and its CPUs/GPUs stay reserved and later trials wait forever. The id written
+    here lets the Tune driver remove it (see _placement_group_reaper).
+    """
+    from ray.train.v2._internal.execution.callback import WorkerGroupCallback
+
+    class RecordPlacementGroup(WorkerGroupCallback):
+        def after_worker_group_start(self, worker_group) -> None:
+            pg = worker_group.get_worker_group_state().placement_group_handle.placement_group
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a") as fh:
+                fh.write(pg.id.hex() + "\n")
+
+    return RecordPlacementGroup()
+
+
+def _placement_group_reaper(trials_dir: Path):
+    """A Tune callback (runs in the driver) that removes a finished trial's leftover placement groups."""
+    from ray.tune import Callback
+
+    class ReapPlacementGroups(Callback):
+        def _reap(self, trial) -> None:
+            from ray._raylet import PlacementGroupID
+            from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+            path = trials_dir / f"trial-{trial.trial_id}" / PG_FILE
+            if not path.exists():
+                return
+            for hex_id in path.read_text().split():
+                pg = PlacementGroup(PlacementGroupID.from_hex(hex_id))
+                try:
+                    if placement_group_table(pg).get("state") not in (None, "REMOVED"):
+                        remove_placement_group(pg)
+                except Exception as exc:  # never let cleanup break the search
+                    print(f"beeray tune: could not remove placement group {hex_id}: {exc}", flush=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._reap(trial)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._reap(trial)
+
+    return ReapPlacementGroups()
+
+
 def _fit_outside_trial_group(cfg: TrainConfig, callback, storage_path: str, name: str) -> None:
     from beeray.trainer import fit
 
-    fit(cfg, run_config_callbacks=[callback], storage_path=storage_path, name=name)
+    recorder = _placement_group_recorder(Path(storage_path) / name / PG_FILE)
+    fit(cfg, run_config_callbacks=[callback, recorder], storage_path=storage_path, name=name)
 
 
 def make_trainable(base: TrainConfig, trials_dir: Path):
@@ -300,9 +354,15 @@ def _tuner(cfg: TuneConfig, out: Path, resume: bool, callbacks: list | None):
 
     trainable = make_trainable(cfg.train, out / "ray" / "trials")
     run_dir = out / "ray" / TUNE_RUN
+    reaper = _placement_group_reaper(out / "ray" / "trials")
     if resume:
         # Finished trials are kept as they are; unfinished and errored ones continue from their checkpoints.
-        return ray.tune.Tuner.restore(str(run_dir), trainable=trainable, resume_errored=True)
+        tuner = ray.tune.Tuner.restore(str(run_dir), trainable=trainable, resume_errored=True)
+        # restore() reuses the saved RunConfig; callbacks are code, not state, so set this run's.
+        # (Tuner has no public setter; _local_tuner is None only with Ray Client, which beeray does not use.)
+        if tuner._local_tuner is not None:
+            tuner._local_tuner._run_config.callbacks = [reaper, *(callbacks or [])]
+        return tuner
     scheduler = None
     if cfg.scheduler.type == "asha":
         scheduler = ASHAScheduler(time_attr="epoch", max_t=cfg.max_epochs, grace_period=cfg.scheduler.grace_period,
@@ -314,7 +374,8 @@ def _tuner(cfg: TuneConfig, out: Path, resume: bool, callbacks: list | None):
         tune_config=ray.tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=cfg.num_samples,
                                         max_concurrent_trials=cfg.max_concurrent_trials, metric=cfg.metric,
                                         mode=cfg.mode),
-        run_config=ray.tune.RunConfig(name=TUNE_RUN, storage_path=str(out / "ray"), callbacks=callbacks),
+        run_config=ray.tune.RunConfig(name=TUNE_RUN, storage_path=str(out / "ray"),
+                                      callbacks=[reaper, *(callbacks or [])]),
     )
 
 

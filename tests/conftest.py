@@ -24,3 +24,23 @@ def shared_data():
     if not SHARED_DATA.exists():
         pytest.skip(f"{SHARED_DATA} not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray per test module: Ray start-up costs seconds, so modules share it."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    """The embedded synthetic shop, prepared (item split)."""
+    from beeray.data.prepare import prepare_synthetic
+
+    out = tmp_path_factory.mktemp("shop") / "prepared"
+    prepare_synthetic(out)
+    return out

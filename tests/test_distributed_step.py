@@ -1,6 +1,5 @@
 """W workers (gloo, CPU) give exactly the update of one process on the same global batch."""
 
-import copy
 import os
 import socket
 

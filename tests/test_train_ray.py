@@ -15,24 +15,6 @@ from beeray.errors import BeerayError
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def shop(tmp_path_factory):
-    from beeray.data.prepare import prepare_synthetic
-
-    out = tmp_path_factory.mktemp("shop") / "prepared"
-    prepare_synthetic(out)
-    return out
-
-
 def _cfg(shop, model, out, **kw):
     base = dict(data=str(shop), model=str(model), out=str(out), epochs=2, batch_size=64, m=96,
                 max_seq_length=24, encode_batch_size=48, lr=1e-3, seed=3)

@@ -1,7 +1,6 @@
 """beeray tune: config parsing and bad input (fast), a real interrupted + resumed search with the final
 retrain (slow, one Ray session for the module), and a search whose trials all fail (slow)."""
 
-import copy
 import json
 from pathlib import Path
 
@@ -120,24 +119,6 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- slow: real searches on Ray
-
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def shop(tmp_path_factory):
-    from beeray.data.prepare import prepare_synthetic
-
-    out = tmp_path_factory.mktemp("shop") / "prepared"
-    prepare_synthetic(out)
-    return out
-
 
 def _shop_config(shop, model, out, **search):
     from beeray.tune import load_tune_config

@@ -41,6 +41,23 @@ def load_model(name_or_path: str, device: str | None = None, trust_remote_code: 
         raise BeerayError(f"cannot load model {name_or_path!r}{hint}: {exc}") from exc
 
 
+def set_attention_dropout(model, p: float) -> int:
+    """Set the dropout on attention probabilities (BERT-family `attention.self.dropout`, MPNet `attn.dropout`).
+
+    Returns how many modules changed. Why one would: on CPU, PyTorch's fused attention kernel
+    has no dropout, so a training-mode forward takes the unfused path and costs about twice an
+    inference forward (measured on MiniLM at 256 tokens); hidden-state dropout stays on.
+    """
+    import torch
+
+    changed = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Dropout) and name.endswith(("attention.self.dropout", "attn.dropout")):
+            module.p = p
+            changed += 1
+    return changed
+
+
 def tiny_model(path: str | Path, *, hidden: int = 32, layers: int = 2, dropout: float = 0.1, seed: int = 0):
     """Write and load a small random-initialised BERT sentence Transformer (tests, benchmarks).
 

@@ -21,7 +21,7 @@ from beeray.config import TrainConfig, from_dict, to_dict
 from beeray.data.prepared import PreparedData
 from beeray.distributed import Comm
 from beeray.encoder import TokenizedCatalog
-from beeray.models import load_model
+from beeray.models import load_model, set_attention_dropout
 from beeray.sampler import step_rng
 from beeray.step import train_step
 
@@ -62,6 +62,8 @@ def train_loop_per_worker(config: dict) -> None:
     data = PreparedData.load(cfg.data)
     model = load_model(cfg.model, device=str(device), trust_remote_code=cfg.trust_remote_code)
     model.max_seq_length = cfg.max_seq_length
+    if cfg.attention_dropout is not None:
+        set_attention_dropout(model, cfg.attention_dropout)
     catalog = TokenizedCatalog.build(model, data.texts, cfg.max_seq_length, show_progress=False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 

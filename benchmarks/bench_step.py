@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import beeray.step as step_mod  # noqa: E402
 from beeray.data.prepared import PreparedData  # noqa: E402
 from beeray.encoder import TokenizedCatalog, encode, plan_chunks  # noqa: E402
-from beeray.models import DEFAULT_MODEL, load_model  # noqa: E402
+from beeray.models import DEFAULT_MODEL, load_model, set_attention_dropout  # noqa: E402
 from beeray.sampler import sample_item_set, step_rng  # noqa: E402
 from beeray.step import train_step  # noqa: E402
 
@@ -169,9 +169,11 @@ def timed_step(model, optimizer, catalog, batch, *, m, key, chunk, device, phase
     return time.perf_counter() - t0, res
 
 
-def load(model_name: str, msl: int, device: torch.device):
+def load(model_name: str, msl: int, device: torch.device, attention_dropout: float | None = None):
     model = load_model(model_name, device=str(device))
     model.max_seq_length = msl
+    if attention_dropout is not None:
+        set_attention_dropout(model, attention_dropout)
     return model
 
 
@@ -205,7 +207,7 @@ def case_goodbooks(args) -> dict:
     root = ensure_prepared("goodbooks", SHARED / "goodbooks", Path(args.data or "/tmp/gb"))
     data = PreparedData.load(root)
     users = train_users(root)
-    model = load(args.model, args.msl, device)
+    model = load(args.model, args.msl, device, args.attention_dropout)
     catalog = TokenizedCatalog.build(model, data.texts, args.msl)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     steps = batches(users, args.batch, args.reps)
@@ -453,6 +455,8 @@ def main(argv=None) -> int:
     p.add_argument("--chunk", type=int, help="encode chunk size")
     p.add_argument("--batch", type=int, help="users per step")
     p.add_argument("--reps", type=int, help="timed repetitions after the warm-up")
+    p.add_argument("--attention-dropout", type=float, default=None,
+                   help="goodbooks: set the attention-probability dropout of the trained model (default: the model's)")
     p.add_argument("--ms", type=int, nargs="+", default=[256, 512, 1024], help="memory: values of m")
     p.add_argument("--catalogs", type=int, nargs="+", default=[1000, 10000],
                    help="memory: catalog sizes at m=512 (a random subset of Goodbooks; >= its size = all)")

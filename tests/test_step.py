@@ -116,3 +116,13 @@ def test_catalog_features_match_sentence_transformers_encode(setup):
     model.max_seq_length = 32
     ref = model.encode(texts, convert_to_tensor=True, batch_size=7)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_dropout_switch_keeps_hidden_dropout(tiny_model_dir):
+    from beeray.models import set_attention_dropout
+
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    assert set_attention_dropout(model, 0.0) == 2  # one per layer of the tiny BERT
+    drops = {n: m.p for n, m in model.named_modules() if isinstance(m, torch.nn.Dropout)}
+    assert all(p == 0.0 for n, p in drops.items() if n.endswith("attention.self.dropout"))
+    assert any(p == 0.1 for n, p in drops.items() if not n.endswith("attention.self.dropout"))

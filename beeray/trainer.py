@@ -30,7 +30,7 @@ class TrainOutput:
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Join the cluster at `address` (or RAY_ADDRESS), else start a local Ray with no open dashboard."""
+    """Join the cluster at `address` (or RAY_ADDRESS), else start a local Ray, dashboard on localhost."""
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
@@ -41,8 +41,9 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address)
     else:
-        # No dashboard locally: nothing listens beyond the loopback interface by default.
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
+        # The dashboard (which Ray Train's state queries and `ray job submit` need) listens on
+        # the loopback interface only.
+        ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1")
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:

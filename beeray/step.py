@@ -82,13 +82,11 @@ def train_step(
     loss = nmse_loss(x, item_emb, n_users=n_users if shared else None)
     loss.backward()
     grad = item_emb.grad
-    loss_value = loss.detach().reshape(1)
+    loss_value = comm.all_reduce_(loss.detach().reshape(1))
     if shared:
         comm.all_reduce_(grad)
-        comm.all_reduce_(loss_value)
     else:
-        comm.all_reduce_(loss_value)
-        loss_value /= comm.world
+        loss_value /= comm.world  # each worker's loss is the mean over its own users
 
     # 4. Pass 2: re-encode this worker's chunks with grad and backprop their slice of G.
     backward_chunks(model, catalog, mine, chunks, rng_states, grad[torch.as_tensor(slices[rank], device=device)],

@@ -121,7 +121,7 @@ def _prepare_out(cfg: TrainConfig, resume: bool) -> Path:
     return out
 
 
-def fit(cfg: TrainConfig, *, resume: bool = False, run_config_callbacks: list | None = None,
+def fit(cfg: TrainConfig, *, run_config_callbacks: list | None = None,
         storage_path: str | None = None, name: str = RUN_NAME):
     """Run the TorchTrainer; returns Ray's Result. Used by `beeray train` and by each Tune trial."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -166,7 +166,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, baseline: bool = True) -> T
     out = _prepare_out(cfg, resume)
     init_ray(cfg.address)
     try:
-        result = fit(cfg, resume=resume)
+        result = fit(cfg)  # a run of the same name resumes from its newest checkpoint
     except TrainingFailedError as exc:
         raise BeerayError(f"training failed: {_root_cause(exc)}") from exc
     if result.checkpoint is None:

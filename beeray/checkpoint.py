@@ -37,4 +37,9 @@ def load_checkpoint(path: Path, model, optimizer) -> TrainState:
     model.load_state_dict(saved.state_dict())
     # weights_only: tensors and plain containers only, never arbitrary objects
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-    return TrainState(**json.loads((path / "state.json").read_text()))
+    return read_state(path)
+
+
+def read_state(path: Path) -> TrainState:
+    """The TrainState of a checkpoint folder, without loading the model."""
+    return TrainState(**json.loads((Path(path) / "state.json").read_text()))

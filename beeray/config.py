@@ -64,9 +64,18 @@ class TrainConfig:
             raise BeerayError(f"config: batch_size {self.batch_size} < num_workers {self.num_workers}")
         return self
 
-    # The fields a checkpoint must agree on for --resume to continue the same run.
-    RESUME_KEYS = ("model", "lr", "batch_size", "m", "max_seq_length", "seed", "parallel", "num_workers",
-                   "full_train", "data")
+    # The only fields --resume may change: where the run lives, how it is supervised, and how long
+    # it runs (every draw is keyed by (seed, epoch, step), so more epochs continue the same
+    # trajectory). Any other change (lr, m, encode_batch_size, amp, attention_dropout, ...) would
+    # silently make a different run, so a checkpoint is only continued when all of them agree.
+    RESUME_MAY_CHANGE = ("out", "address", "max_failures", "keep_checkpoints", "checkpoint_every",
+                         "eval_every_epoch", "evaluate_test", "crash_at_step", "epochs")
+
+    def resume_conflicts(self, saved: dict) -> list[str]:
+        """`key: old -> new` for every setting that differs from the checkpoint's config."""
+        now = to_dict(self)
+        keys = [k for k in now if k not in self.RESUME_MAY_CHANGE and saved.get(k) != now[k]]
+        return [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in keys]
 
 
 def _coerce(name: str, tp: Any, value: Any, where: str) -> Any:

@@ -1,9 +1,10 @@
 """Turning item texts into embeddings for the step: tokenize once, pad per chunk, replay dropout.
 
-The reference implementation tokenizes inside every step and pads every text to the longest
-in the catalog; on short-text data most of its compute is spent on padding. Here the catalog
-is tokenized once (flat id array + offsets) and each chunk is padded only to its own longest
-text, with chunks formed from texts of similar length.
+The reference implementation tokenizes its whole catalog once per run, padded to one width (the
+longest text, capped at max_seq_length), and encodes each step's items in catalog order; on
+short-text data most of its compute is spent on padding. Here the training catalog is tokenized
+once too (flat id array + offsets), but each chunk is padded only to its own longest text, with
+chunks formed from texts of similar length.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from beeray.models import embedding_dim
+
 try:  # sentence-transformers >= 6
     from sentence_transformers.base.losses.gradcache import RandContext
 except ImportError:  # pragma: no cover - older sentence-transformers
@@ -22,10 +25,17 @@ except ImportError:  # pragma: no cover - older sentence-transformers
 
 @dataclass(frozen=True)
 class TokenizedCatalog:
-    """Token ids of every item text, truncated to max_seq_length, stored flat."""
+    """Token ids of the training catalog's texts, truncated to max_seq_length, stored flat.
 
-    ids: np.ndarray  # int32, all items' token ids concatenated
-    offsets: np.ndarray  # int64, item i is ids[offsets[i]:offsets[i+1]]
+    Row r holds the text of item `items[r]` (an index into the prepared data's items). The
+    training catalog is exactly the items of the interaction file a run trains on (method.md
+    §2.1), so validation and test cold items are never tokenized here; the step and the sampler
+    only ever see row numbers of this catalog.
+    """
+
+    ids: np.ndarray  # int32, all rows' token ids concatenated
+    offsets: np.ndarray  # int64, row r is ids[offsets[r]:offsets[r+1]]
+    items: np.ndarray  # int64, sorted: the prepared-data item index of each row
     pad_id: int
     pad_left: bool
 
@@ -36,11 +46,26 @@ class TokenizedCatalog:
     def __len__(self) -> int:
         return self.offsets.size - 1
 
+    def rows(self, items: np.ndarray) -> np.ndarray:
+        """Catalog rows of prepared-data item indices; an item outside the catalog is an error."""
+        items = np.asarray(items, dtype=np.int64)
+        rows = np.searchsorted(self.items, items)
+        found = rows < self.items.size
+        found[found] = self.items[rows[found]] == items[found]
+        if not found.all():
+            missing = items[~found][:5].tolist()
+            raise ValueError(f"items {missing} are not in the training catalog ({self.items.size} items)")
+        return rows
+
     @classmethod
-    def build(cls, model, texts: list[str], max_seq_length: int, batch: int = 2048,
-              show_progress: bool = False) -> "TokenizedCatalog":
+    def build(cls, model, texts: list[str], max_seq_length: int, items: np.ndarray | None = None,
+              batch: int = 2048, show_progress: bool = False) -> "TokenizedCatalog":
+        """Tokenize `texts`; `items` names the prepared-data item of each text (default: 0..n-1)."""
         from tqdm.auto import tqdm
 
+        items = np.arange(len(texts), dtype=np.int64) if items is None else np.asarray(items, dtype=np.int64)
+        if items.size != len(texts) or (items.size > 1 and not (np.diff(items) > 0).all()):
+            raise ValueError("items must be strictly increasing, one per text")
         tok = model.tokenizer
         pieces: list[list[int]] = []
         starts = range(0, len(texts), batch)
@@ -51,7 +76,7 @@ class TokenizedCatalog:
         lengths = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=len(pieces))
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         ids = np.fromiter((t for p in pieces for t in p), dtype=np.int32, count=int(offsets[-1]))
-        return cls(ids=ids, offsets=offsets, pad_id=int(tok.pad_token_id or 0),
+        return cls(ids=ids, offsets=offsets, items=items, pad_id=int(tok.pad_token_id or 0),
                    pad_left=getattr(tok, "padding_side", "right") == "left")
 
     def features(self, items: np.ndarray, device: torch.device | str) -> dict:
@@ -102,7 +127,7 @@ def encode_chunks_no_grad(model, catalog: TokenizedCatalog, items: np.ndarray, c
             feats = catalog.features(items[pos], device)
             states.append(RandContext(*feats.values()))
             parts.append(encode(model, feats, amp))
-    out = torch.empty((items.size, parts[0].shape[1] if parts else 0), device=device)
+    out = torch.empty((items.size, embedding_dim(model)), device=device)
     for pos, emb in zip(chunks, parts):
         out[torch.as_tensor(pos, device=device)] = emb
     return out, states

@@ -1,25 +1,42 @@
-"""Content-based (CBF) evaluation of a text encoder on a prepared split (method.md sections 4 and 5).
+"""The evaluator: rank a split's candidates for every user with a scorer, and measure (method.md §4, §5).
 
-A user's scores are the ELSA-style item-item propagation through text embeddings,
-relu(x Â Â_candᵀ − x[:, cand]), ranked over the split's candidate items and scored
-with RecPack's CalibratedRecallK and NDCGK. Users are processed in batches so the
-only dense matrix is batch x candidates, which keeps Goodbooks-sized splits
-(53k users x 10k items) within a few hundred MB.
+A *scorer* turns a batch of users' source histories (a sparse users x items matrix) into scores
+over the split's candidate items. The text encoder is one (`CBFScorer`: the ELSA-style
+propagation relu(x Â Â_candᵀ − x_cand) through text embeddings); every other way of ranking
+items plugs in the same way, and the evaluator never knows which it holds. It ranks the
+candidates, excludes what a user already has, and scores the ranking with RecPack's
+CalibratedRecallK and NDCGK, with a bootstrap standard error.
+
+Memory is bounded by the user batch: the only dense block is users x candidates, and the batch
+shrinks when the candidates are many (a time split ranks the whole catalog), so a large catalog
+never allocates users x items.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
+from beeray.errors import BeerayError
+from beeray.models import embedding_dim
+
 if TYPE_CHECKING:  # the data layer is only needed for type hints here
     from beeray.data.prepared import EvalSplit, PreparedData
 
 METRICS: tuple[str, ...] = ("recall@20", "recall@50", "ndcg@100")
+VAL_METRICS: tuple[str, ...] = tuple(f"val_{m}" for m in METRICS)  # what training reports per epoch
 TOP_N = 100  # the largest K of any metric: nothing below rank 100 can change a result
+# Largest users x candidates score block (float64) one batch may hold: 2^23 elements = 64 MB, plus
+# about twice that in ranking temporaries. A batch has fewer users when the candidates are many.
+MAX_BLOCK = 1 << 23
+
+
+class Scorer(Protocol):
+    def scores(self, source: sp.csr_matrix, candidates: np.ndarray) -> np.ndarray:
+        """Dense float64 (users x candidates) scores for a batch of source histories (users x items)."""
 
 
 def _recpack_metrics() -> dict[str, Any]:
@@ -29,16 +46,18 @@ def _recpack_metrics() -> dict[str, Any]:
     return {"recall@20": CalibratedRecallK(20), "recall@50": CalibratedRecallK(50), "ndcg@100": NDCGK(100)}
 
 
+# ---------------------------------------------------------------- the text encoder as a scorer
+
 def needed_items(split: "EvalSplit") -> np.ndarray:
-    """Item indices whose embeddings scoring reads: every source item plus every candidate."""
+    """Item indices whose embeddings CBF scoring reads: every source item plus every candidate."""
     source = sp.csr_matrix(split.source)
-    return np.union1d(np.unique(source.indices), _candidates(split, source.shape[1])).astype(np.int64)
+    return np.union1d(np.unique(source.indices), split.candidates).astype(np.int64)
 
 
 def encode_items(model, texts: list[str], batch_size: int = 64, show_progress: bool = True) -> np.ndarray:
     """Encode texts into float32 rows of unit L2 norm (empty input gives a 0 x d array)."""
     if len(texts) == 0:
-        return np.zeros((0, _embedding_dim(model)), dtype=np.float32)
+        return np.zeros((0, embedding_dim(model)), dtype=np.float32)
     emb = model.encode(
         list(texts), batch_size=batch_size, show_progress_bar=show_progress,
         convert_to_numpy=True, normalize_embeddings=True,
@@ -46,21 +65,38 @@ def encode_items(model, texts: list[str], batch_size: int = 64, show_progress: b
     return np.ascontiguousarray(emb, dtype=np.float32)
 
 
-def _embedding_dim(model) -> int:
-    # sentence-transformers renamed this method across versions; accept either.
-    for name in ("get_embedding_dimension", "get_sentence_embedding_dimension"):
-        fn = getattr(model, name, None)
-        if fn is not None:
-            return int(fn() or 0)
-    return 0
+def cbf_scores(item_emb: np.ndarray, x: sp.csr_matrix, cand: np.ndarray,
+               emb_cand: np.ndarray | None = None) -> np.ndarray:
+    """relu(x Â Â_candᵀ − x[:, cand]) for a batch of users x (batch x n_items, sparse), in float64.
+
+    Only the embeddings of the items in the batch's histories are read (and upcast), so the
+    cost in memory is the batch's items x d, not the catalog's.
+    """
+    x = sp.csr_matrix(x, dtype=np.float64)
+    used = np.unique(x.indices)
+    profile = x[:, used] @ np.asarray(item_emb[used], dtype=np.float64)  # users x d
+    if emb_cand is None:
+        emb_cand = np.asarray(item_emb[cand], dtype=np.float64)
+    scores = profile @ emb_cand.T - x[:, cand].toarray()
+    np.maximum(scores, 0.0, out=scores)
+    return scores
 
 
-def _candidates(split, n_items: int) -> np.ndarray:
-    cand = getattr(split, "candidates", None)
-    if cand is None:  # split.json's null means "all items"
-        return np.arange(n_items, dtype=np.int64)
-    return np.asarray(cand, dtype=np.int64)
+class CBFScorer:
+    """Content-based scoring from item embeddings (rows L2-normalised; unread rows may be zero)."""
 
+    def __init__(self, item_emb: np.ndarray) -> None:
+        self.item_emb = np.asarray(item_emb, dtype=np.float32)
+        self._cand: np.ndarray | None = None
+        self._emb_cand: np.ndarray | None = None
+
+    def scores(self, source: sp.csr_matrix, candidates: np.ndarray) -> np.ndarray:
+        if self._cand is not candidates:  # the evaluator passes one array for the whole split
+            self._cand, self._emb_cand = candidates, self.item_emb[candidates].astype(np.float64)
+        return cbf_scores(self.item_emb, source, candidates, emb_cand=self._emb_cand)
+
+
+# ---------------------------------------------------------------- ranking and metrics
 
 def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
     """Column indices of each row's k highest scores, best first.
@@ -76,32 +112,10 @@ def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
     above = scores > kth[:, None]
     tied = scores == kth[:, None]
     n_tied_needed = k - above.sum(axis=1)
-    take = above | (tied & (np.cumsum(tied, axis=1) <= n_tied_needed[:, None]))
+    take = above | (tied & (np.cumsum(tied, axis=1, dtype=np.int32) <= n_tied_needed[:, None]))
     cols = np.nonzero(take)[1].reshape(n_rows, k)  # ascending column order within each row
     order = np.argsort(-np.take_along_axis(scores, cols, axis=1), axis=1, kind="stable")
     return np.take_along_axis(cols, order, axis=1)
-
-
-def cbf_scores(
-    item_emb: np.ndarray, x: sp.csr_matrix, cand: np.ndarray, exclude_source: bool = True,
-    emb_cand: np.ndarray | None = None,
-) -> np.ndarray:
-    """relu(x Â Â_candᵀ − x[:, cand]) for a batch of users x (batch x n_items, sparse).
-
-    Returns a dense batch x candidates float64 array — the only dense block evaluation
-    allocates. Candidates in a user's source are -inf when exclude_source is set.
-    """
-    emb = np.asarray(item_emb, dtype=np.float64)
-    if emb_cand is None:
-        emb_cand = emb[cand]
-    x = sp.csr_matrix(x, dtype=np.float64)
-    x_cand = x[:, cand]
-    scores = np.asarray((x @ emb) @ emb_cand.T) - x_cand.toarray()
-    np.maximum(scores, 0.0, out=scores)
-    if exclude_source and x_cand.nnz:
-        r, c = x_cand.nonzero()
-        scores[r, c] = -np.inf
-    return scores
 
 
 def _per_user(metric, y_true: sp.csr_matrix, y_pred: sp.csr_matrix) -> np.ndarray:
@@ -132,7 +146,7 @@ def bootstrap_stderr(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> n
 
 
 def score_split(
-    item_emb: np.ndarray,
+    scorer: Scorer,
     split: "EvalSplit",
     batch_users: int = 1024,
     bootstrap: int = 1000,
@@ -140,36 +154,38 @@ def score_split(
     exclude_source: bool = True,
     show_progress: bool = False,
 ) -> dict:
-    """Rank the split's candidates for every user from item embeddings and compute the metrics.
+    """Rank the split's candidates for every user with `scorer` and compute the metrics.
 
-    item_emb: n_items x d, rows L2-normalised (rows of items not in needed_items may be zero).
-    exclude_source: candidates in a user's own source are set to -inf (the time split's
+    exclude_source: candidates in a user's own source are never recommended (the time split's
     "known items"); in the item split sources and candidates are disjoint so it is a no-op.
     Users without source history or without a target among the candidates cannot be
     scored; they are added to split.excluded_users.
     """
-    emb = np.asarray(item_emb, dtype=np.float64)
     source = sp.csr_matrix(split.source, dtype=np.float64)
     target = sp.csr_matrix(split.target, dtype=np.float64)
-    n_items = source.shape[1]
-    if emb.shape[0] != n_items:
-        raise ValueError(f"item_emb has {emb.shape[0]} rows, split has {n_items} items")
-    cand = _candidates(split, n_items)
-    emb_cand = emb[cand]
+    cand = np.asarray(split.candidates, dtype=np.int64)
     y_true_all = sp.csr_matrix(target[:, cand])
     y_true_all.sum_duplicates()
     y_true_all.data[:] = 1.0
 
     keep = (np.diff(source.indptr) > 0) & (np.diff(y_true_all.indptr) > 0)
     rows = np.flatnonzero(keep)
-    excluded = int(getattr(split, "excluded_users", 0)) + int((~keep).sum())
+    excluded = int(split.excluded_users) + int((~keep).sum())
     metrics = _recpack_metrics()
     per_user = np.zeros((len(rows), len(METRICS)))
 
+    batch_users = max(1, min(batch_users, MAX_BLOCK // max(cand.size, 1)))
     starts = range(0, len(rows), batch_users)
     for start in tqdm(starts, desc="scoring users", disable=not show_progress):
         batch = rows[start:start + batch_users]
-        scores = cbf_scores(emb, source[batch], cand, exclude_source, emb_cand=emb_cand)
+        x = source[batch]
+        scores = np.asarray(scorer.scores(x, cand), dtype=np.float64)
+        if scores.shape != (len(batch), cand.size):
+            raise BeerayError(f"{type(scorer).__name__} returned scores of shape {scores.shape}, "
+                              f"expected {(len(batch), cand.size)} (users x candidates)")
+        if exclude_source:
+            r, c = x[:, cand].nonzero()
+            scores[r, c] = -np.inf
         top = top_k_rows(scores, TOP_N)
         # Encode the rank as a distinct positive value (TOP_N for the best) so RecPack's own
         # top-K selection reproduces this ranking exactly, including zero scores and ties.
@@ -185,7 +201,9 @@ def score_split(
 
     n = len(rows)
     # every kept user has a target, so RecPack must have returned a value for each
-    assert not np.isnan(per_user).any(), "RecPack skipped a user with a target"
+    if np.isnan(per_user).any():
+        raise BeerayError(f"RecPack returned no metric for {int(np.isnan(per_user).any(axis=1).sum())} "
+                          f"users that have a target ({split.name} split)")
     means = per_user.mean(axis=0) if n else np.zeros(len(METRICS))
     errs = bootstrap_stderr(per_user, bootstrap, seed) if n else np.zeros(len(METRICS))
     result: dict = {name: float(means[j]) for j, name in enumerate(METRICS)}
@@ -193,6 +211,16 @@ def score_split(
     result["excluded_users"] = excluded
     result["stderr"] = {name: float(errs[j]) for j, name in enumerate(METRICS)}
     return result
+
+
+def encoder_scorer(model, data: "PreparedData", split: "EvalSplit", batch_size: int = 64,
+                   show_progress: bool = True) -> CBFScorer:
+    """Encode the items `split` reads (sources and candidates) with `model`: the CBF scorer."""
+    idx = needed_items(split)
+    vecs = encode_items(model, [data.texts[i] for i in idx], batch_size=batch_size, show_progress=show_progress)
+    emb = np.zeros((data.n_items, vecs.shape[1]), dtype=np.float32)
+    emb[idx] = vecs
+    return CBFScorer(emb)
 
 
 def evaluate(
@@ -205,11 +233,8 @@ def evaluate(
     seed: int = 0,
     show_progress: bool = True,
 ) -> dict:
-    """Encode the items the split needs with `model` and score the split ("val" or "test")."""
+    """Metrics of the text encoder `model` on the split `which` ("val" or "test")."""
     split = data.eval_split(which)
-    idx = needed_items(split)
-    vecs = encode_items(model, [data.texts[i] for i in idx], batch_size=batch_size, show_progress=show_progress)
-    emb = np.zeros((data.n_items, vecs.shape[1]), dtype=np.float32)
-    emb[idx] = vecs
-    return score_split(emb, split, batch_users=batch_users, bootstrap=bootstrap, seed=seed,
+    scorer = encoder_scorer(model, data, split, batch_size=batch_size, show_progress=show_progress)
+    return score_split(scorer, split, batch_users=batch_users, bootstrap=bootstrap, seed=seed,
                        show_progress=show_progress)

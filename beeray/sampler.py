@@ -13,8 +13,11 @@ def step_rng(*key: int) -> np.random.Generator:
 def sample_item_set(positives: np.ndarray, n_items: int, m: int, rng: np.random.Generator) -> np.ndarray:
     """I_b: all `positives` plus negatives drawn uniformly without replacement until |I_b| = m.
 
-    When the positives alone reach m they are all kept and no negative is drawn, as in the
-    reference implementation: the step then costs |positives| encodes instead of m.
+    `n_items` is the size of the training catalog: indices are catalog rows, so negatives can
+    only be items the run trains on. When the positives alone reach m they are all kept and no
+    negative is drawn: the step then costs |positives| encodes instead of m. (The reference
+    implementation keeps all positives too, but still draws max(1, m - |positives|) negatives,
+    with replacement.)
     Returns sorted, unique item indices. Work is O(m log m), independent of `n_items`
     beyond the draw itself.
     """

@@ -40,28 +40,25 @@ def train_step(
     mode: str = "items",
     comm: Comm | None = None,
 ) -> StepResult:
-    """`user_items`: this worker's users of the batch (item indices each).
+    """`user_items`: this worker's users of the batch, as rows of `catalog` (one array each).
 
     mode="items": all workers share one I_b (same `rng_key` everywhere) and each encodes
     1/W of it; the update equals the single-process step on the union of the batches.
-    mode="data": each worker runs a full step on its own users (pass a per-rank
-    `rng_key`) and gradients are averaged.
+    mode="data": each worker runs a full step on its own users and its own I_b (pass a per-rank
+    `rng_key`); the update is that of the mean loss over all users of all workers.
     """
-    comm = comm or Comm()
+    comm = comm or Comm(device)
     shared = mode == "items"
     model.train()  # dropout on in both passes; pass 2 replays pass 1's RNG per chunk
 
-    # 1. I_b: positives of the (global) batch plus uniform negatives up to m.
+    # 1. I_b: positives of the (global) batch plus uniform negatives up to m, all of them rows of
+    #    the training catalog (cold items are not in it).
     local_pos = np.unique(np.concatenate(user_items)) if user_items else np.zeros(0, np.int64)
-    if shared:
-        gathered = comm.all_gather_rows(torch.as_tensor(local_pos, dtype=torch.int64))
-        positives = np.unique(torch.cat(gathered).numpy())
-    else:
-        positives = local_pos
+    positives = np.unique(comm.all_gather_ids(local_pos)) if shared else local_pos
     item_set = sample_item_set(positives, len(catalog), m, step_rng(*rng_key))
 
     # This worker's slice of I_b: every W-th item in length order, so that all workers
-    # get a similar mix of long and short texts.
+    # get a similar mix of long and short texts (a slice may be empty when |I_b| < W).
     by_length = np.argsort(catalog.lengths[item_set], kind="stable")
     world, rank = (comm.world, comm.rank) if shared else (1, 0)
     slices = [by_length[r::world] for r in range(world)]
@@ -75,26 +72,26 @@ def train_step(
     for r, piece in enumerate(pieces):
         item_emb[torch.as_tensor(slices[r], device=device)] = piece
 
-    # 3. Loss over this worker's users and G = dL/dA; summed over workers in items mode.
+    # 3. Loss over this worker's users and G = dL/dA. The loss is normalised by the number of
+    #    users in the *global* batch in both modes, so the workers' losses and parameter gradients
+    #    add up to those of the mean over all real users (a worker holding only padding adds 0).
+    (n_users,) = comm.sum([float(len(user_items))])
     x = torch.from_numpy(batch_targets(user_items, item_set)).to(device)
-    n_users = int(comm.all_reduce_(torch.tensor([float(x.shape[0])], device=device)).item())
     item_emb.requires_grad_(True)
-    loss = nmse_loss(x, item_emb, n_users=n_users if shared else None)
+    loss = nmse_loss(x, item_emb, n_users=max(int(n_users), 1))
     loss.backward()
     grad = item_emb.grad
-    loss_value = comm.all_reduce_(loss.detach().reshape(1))
     if shared:
-        comm.all_reduce_(grad)
-    else:
-        loss_value /= comm.world  # each worker's loss is the mean over its own users
+        comm.all_reduce_(grad)  # every worker's users score every item of the shared I_b
 
     # 4. Pass 2: re-encode this worker's chunks with grad and backprop their slice of G.
     backward_chunks(model, catalog, mine, chunks, rng_states, grad[torch.as_tensor(slices[rank], device=device)],
                     device, amp)
 
-    # 5. One update, identical on every worker.
+    # 5. One update, identical on every worker: gradients summed over workers.
     params = [p for p in model.parameters() if p.requires_grad]
-    comm.all_reduce_grads_(params, average=not shared)
+    comm.all_reduce_grads_(params)
+    (loss_value,) = comm.sum([loss.item()])
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss=float(loss_value.item()), items=int(item_set.size), users=n_users, encoded=int(mine.size))
+    return StepResult(loss=float(loss_value), items=int(item_set.size), users=int(n_users), encoded=int(mine.size))

@@ -1,31 +1,43 @@
 """The Ray Train worker loop: data shard -> steps -> per-epoch validation -> checkpoints.
 
-Runs once per worker inside a `TorchTrainer` (beeray/trainer.py starts it). With one worker
-it is the single-process trainer; with W it runs the distributed step of method.md §3.
+`train_loop_per_worker` runs once per worker inside a `TorchTrainer` (beeray/trainer.py starts
+it). It is a few named steps over a `Recipe` that holds one worker's state: `Recipe.setup` (model,
+optimizer, the tokenized training catalog, a restored checkpoint), `validate_base` (epoch 0: the
+base model's validation metrics), `train_epoch` (the steps of one epoch, with mid-epoch
+checkpoints) and `end_epoch` (validation, history, the epoch's checkpoint). With one worker it
+is the single-process trainer; with W it runs the distributed step of docs/method.md §3.
+
+Every report carries the same keys with the same meaning: `epoch` = epochs completed (0 before
+the first), `step` = optimizer steps taken, `epoch_end` = whether this report closes an epoch,
+the step loss or the epoch's mean loss, and the newest validation metrics (Ray Tune's scheduler
+reads `epoch` and the metric from every report).
 """
 
 from __future__ import annotations
 
 import math
 import sys
-import tempfile
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
-import ray.train
-import ray.train.torch
 import torch
 
-from beeray.checkpoint import TrainState, load_checkpoint, save_checkpoint
-from beeray.config import TrainConfig, from_dict, to_dict
+from beeray.checkpoint import TrainState, load_checkpoint
+from beeray.config import TrainConfig, to_dict
 from beeray.data.prepared import PreparedData
 from beeray.distributed import Comm
 from beeray.encoder import TokenizedCatalog
+from beeray.evaluate import METRICS, VAL_METRICS, evaluate
 from beeray.models import load_model, set_attention_dropout
 from beeray.sampler import step_rng
 from beeray.step import train_step
 
 PAD_USER = -1  # rows added so the dataset splits evenly across workers; they hold no user
+
+# report(metrics, checkpoint): hands a report to Ray Train; `checkpoint` asks rank 0 to attach one.
+Report = Callable[[dict, bool], None]
 
 
 def use_amp(setting: str, device: torch.device) -> bool:
@@ -49,87 +61,164 @@ def read_shard(shard) -> tuple[np.ndarray, list[np.ndarray]]:
     return (np.concatenate(users) if users else np.zeros(0, np.int64)), items
 
 
-def train_loop_per_worker(config: dict) -> None:
-    cfg: TrainConfig = from_dict(TrainConfig, config, "train config")
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    if device.type == "cpu":
-        torch.set_num_threads(cfg.cpus_per_worker)
-    amp = use_amp(cfg.amp, device)
-    comm = Comm()
+@dataclass
+class Recipe:
+    """One worker's training: its model, optimizer, tokenized training catalog and progress."""
 
-    data = PreparedData.load(cfg.data)
-    model = load_model(cfg.model, device=str(device), trust_remote_code=cfg.trust_remote_code)
-    model.max_seq_length = cfg.max_seq_length
-    if cfg.attention_dropout is not None:
-        set_attention_dropout(model, cfg.attention_dropout)
-    catalog = TokenizedCatalog.build(model, data.texts, cfg.max_seq_length, show_progress=False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    cfg: TrainConfig
+    data: PreparedData
+    rank: int
+    world: int
+    device: torch.device
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    catalog: TokenizedCatalog
+    state: TrainState
+    comm: Comm
+    amp: bool
+    restored: bool  # resumed from a checkpoint (the fault drill only fires in a fresh run)
 
-    state = TrainState(config=to_dict(cfg))
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as ckpt_dir:
-            state = load_checkpoint(ckpt_dir, model, optimizer)
-        state.config = to_dict(cfg)
+    @classmethod
+    def setup(cls, cfg: TrainConfig, rank: int, world: int, device: torch.device,
+              checkpoint_dir: str | None = None) -> "Recipe":
+        """Load the model, tokenize the training catalog, restore a checkpoint if there is one."""
+        if device.type == "cpu":
+            torch.set_num_threads(cfg.cpus_per_worker)
+        data = PreparedData.load(cfg.data)
+        model = load_model(cfg.model, device=str(device), trust_remote_code=cfg.trust_remote_code)
+        model.max_seq_length = cfg.max_seq_length
+        if cfg.attention_dropout is not None:
+            set_attention_dropout(model, cfg.attention_dropout)
+        # The training catalog: the items of the file this run trains on, and nothing else. Cold
+        # items (validation and, always, test) are never tokenized, encoded or drawn as negatives.
+        items = data.train_items(cfg.full_train)
+        catalog = TokenizedCatalog.build(model, data.train_texts(items), cfg.max_seq_length, items=items)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        state = TrainState(config=to_dict(cfg))
+        if checkpoint_dir is not None:
+            state = load_checkpoint(checkpoint_dir, model, optimizer)
+            state.config = to_dict(cfg)
+        return cls(cfg=cfg, data=data, rank=rank, world=world, device=device, model=model, optimizer=optimizer,
+                   catalog=catalog, state=state, comm=Comm(device), amp=use_amp(cfg.amp, device),
+                   restored=checkpoint_dir is not None)
 
-    shard = ray.train.get_dataset_shard("train")
-    local_batch = math.ceil(cfg.batch_size / world) if cfg.parallel == "items" else cfg.batch_size
+    @property
+    def local_batch(self) -> int:
+        """Users per step on this worker: a share of the global batch in items mode."""
+        return math.ceil(self.cfg.batch_size / self.world) if self.cfg.parallel == "items" else self.cfg.batch_size
 
-    def report(metrics: dict, with_checkpoint: bool) -> None:
-        if with_checkpoint and rank == 0:
-            with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(tmp, model, optimizer, state)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics)
+    def validation(self) -> dict:
+        """Validation metrics of the model as it is now (rank 0 only; no bootstrap: a training curve)."""
+        self.model.eval()
+        res = evaluate(self.model, self.data, "val", show_progress=False, bootstrap=0)
+        return {f"val_{m}": res[m] for m in METRICS}
 
-    for epoch in range(state.epoch, cfg.epochs):
-        users, user_items = read_shard(shard)
+    def latest_validation(self) -> dict:
+        for row in reversed(self.state.history):
+            if VAL_METRICS[0] in row:
+                return {k: row[k] for k in VAL_METRICS}
+        return {}
+
+    def validate_base(self, report: Report) -> None:
+        """Epoch 0: the base model's validation metrics, the first point of the training curve."""
+        row = {"epoch": 0, "step": 0, "loss": None, "items_per_s": None, "seconds": None}
+        if self.rank == 0:
+            row.update(self.validation())
+            log(f"epoch 0 (base model): val recall@20 {row['val_recall@20']:.4f}  ndcg@100 {row['val_ndcg@100']:.4f}")
+        self.state.history.append(row)
+        report({**row, "epoch_end": True}, False)
+
+    def train_epoch(self, epoch: int, users: np.ndarray, user_items: list[np.ndarray], report: Report) -> dict:
+        """The steps of one epoch over this worker's shard (users in a seeded order); returns its row."""
+        cfg, state = self.cfg, self.state
+        rows = [self.catalog.rows(items) for items in user_items]  # prepared-data items -> catalog rows
         # Equal split => the same row count, hence the same number of steps, on every worker.
-        order = step_rng(cfg.seed, epoch, rank, world).permutation(users.size)
-        n_steps = math.ceil(users.size / local_batch)
+        order = step_rng(cfg.seed, epoch, self.rank, self.world).permutation(users.size)
+        n_steps = math.ceil(users.size / self.local_batch)
         first = state.step_in_epoch if epoch == state.epoch else 0
         if first == 0:
             state.epoch_losses = []
         n_items, t0 = 0, time.perf_counter()
-        progress = Progress(f"epoch {epoch + 1}/{cfg.epochs}", n_steps, enabled=rank == 0)
+        progress = Progress(f"epoch {epoch + 1}/{cfg.epochs}", n_steps, enabled=self.rank == 0)
         for step in range(first, n_steps):
-            rows = order[step * local_batch:(step + 1) * local_batch]
-            batch = [user_items[i] for i in rows if users[i] != PAD_USER]
-            key = (cfg.seed, epoch, step) if cfg.parallel == "items" else (cfg.seed, epoch, step, rank)
+            picked = order[step * self.local_batch:(step + 1) * self.local_batch]
+            batch = [rows[i] for i in picked if users[i] != PAD_USER]
+            key = (cfg.seed, epoch, step) if cfg.parallel == "items" else (cfg.seed, epoch, step, self.rank)
             # Dropout draws depend only on (seed, epoch, step, rank): a resumed run replays them.
-            torch.manual_seed(int(step_rng(cfg.seed, epoch, step, rank, 1).integers(2**62)))
-            res = train_step(model, optimizer, catalog, batch, m=cfg.m, rng_key=key,
-                             chunk_size=cfg.encode_batch_size, device=device, amp=amp,
-                             mode=cfg.parallel, comm=comm)
+            torch.manual_seed(int(step_rng(cfg.seed, epoch, step, self.rank, 1).integers(2**62)))
+            res = train_step(self.model, self.optimizer, self.catalog, batch, m=cfg.m, rng_key=key,
+                             chunk_size=cfg.encode_batch_size, device=self.device, amp=self.amp,
+                             mode=cfg.parallel, comm=self.comm)
             state.epoch_losses.append(res.loss)
             n_items += res.items
             state.global_step += 1
-            if rank == 0 and checkpoint is None and state.global_step == cfg.crash_at_step:
+            if self.rank == 0 and not self.restored and state.global_step == cfg.crash_at_step:
                 raise RuntimeError(f"crash_at_step: injected worker crash at step {state.global_step}")
             state.step_in_epoch = step + 1
             progress.update(step + 1, f"loss {res.loss:.5f}  |I_b| {res.items}  "
                                       f"items/s {n_items / (time.perf_counter() - t0):.0f}")
             if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0 and step + 1 < n_steps:
-                report({"epoch": epoch, "step": state.global_step, "loss": res.loss}, with_checkpoint=True)
-
+                report({"epoch": epoch, "step": state.global_step, "epoch_end": False, "loss": res.loss,
+                        **self.latest_validation()}, True)
         seconds = time.perf_counter() - t0
-        mean_loss = float(np.mean(state.epoch_losses)) if state.epoch_losses else None
-        row = {"epoch": epoch + 1, "step": state.global_step, "loss": mean_loss,
-               "items_per_s": n_items / seconds if seconds > 0 else None, "seconds": seconds}
-        if cfg.eval_every_epoch and rank == 0:
-            from beeray.evaluate import evaluate
+        return {"epoch": epoch + 1, "step": state.global_step,
+                "loss": float(np.mean(state.epoch_losses)) if state.epoch_losses else None,
+                "items_per_s": n_items / seconds if seconds > 0 else None, "seconds": seconds}
 
-            model.eval()
-            metrics = evaluate(model, data, "val", show_progress=False, bootstrap=0)
-            row.update({f"val_{k}": metrics[k] for k in ("recall@20", "recall@50", "ndcg@100")})
-            log(f"epoch {epoch + 1}: loss {row['loss']:.5f}  val recall@20 {row['val_recall@20']:.4f}  "
+    def end_epoch(self, row: dict, report: Report) -> None:
+        """Validate (rank 0), record the epoch in the history and checkpoint it."""
+        if self.cfg.eval_every_epoch and self.rank == 0:
+            row.update(self.validation())
+            log(f"epoch {row['epoch']}: loss {row['loss']:.5f}  val recall@20 {row['val_recall@20']:.4f}  "
                 f"ndcg@100 {row['val_ndcg@100']:.4f}")
-        state.history.append(row)
-        state.epoch, state.step_in_epoch = epoch + 1, 0
-        report(row, with_checkpoint=True)
+        self.state.history.append(row)
+        self.state.epoch, self.state.step_in_epoch = row["epoch"], 0
+        report({**row, "epoch_end": True}, True)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """What each Ray Train worker runs (config: a TrainConfig as a dict)."""
+    import ray.train
+    import ray.train.torch
+
+    from beeray.config import from_dict
+
+    cfg: TrainConfig = from_dict(TrainConfig, config, "train config")
+    ctx = ray.train.get_context()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as ckpt_dir:
+            recipe = Recipe.setup(cfg, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(),
+                                  ckpt_dir)
+    else:
+        recipe = Recipe.setup(cfg, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
+    report = ray_report(recipe)
+    shard = ray.train.get_dataset_shard("train")
+    if cfg.eval_every_epoch and not recipe.state.history:
+        recipe.validate_base(report)
+    for epoch in range(recipe.state.epoch, cfg.epochs):
+        users, user_items = read_shard(shard)
+        row = recipe.train_epoch(epoch, users, user_items, report)
+        recipe.end_epoch(row, report)
+
+
+def ray_report(recipe: Recipe) -> Report:
+    """Reports through Ray Train; rank 0 attaches the checkpoint (model, optimizer, state) when asked."""
+    import tempfile
+
+    import ray.train
+
+    from beeray.checkpoint import save_checkpoint
+
+    def report(metrics: dict, with_checkpoint: bool) -> None:
+        if with_checkpoint and recipe.rank == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                save_checkpoint(tmp, recipe.model, recipe.optimizer, recipe.state)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+
+    return report
 
 
 def log(message: str) -> None:

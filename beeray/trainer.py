@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from beeray import artifacts
-from beeray.checkpoint import MODEL_DIR, TrainState
+from beeray.checkpoint import MODEL_DIR, read_state
 from beeray.config import TrainConfig, to_dict
 from beeray.data.prepared import PreparedData
 from beeray.errors import BeerayError
@@ -102,34 +100,13 @@ def train_dataset(data: PreparedData, full: bool, world: int):
     return ray.data.from_arrow(table)
 
 
-def _prepare_out(cfg: TrainConfig, resume: bool) -> Path:
-    out = Path(cfg.out).expanduser().resolve()
-    run_dir = out / "ray" / RUN_NAME
-    saved = out / "config.json"
-    if resume:
-        if not run_dir.exists() or not saved.exists():
-            raise BeerayError(f"--resume: no previous run in {out}")
-        old = json.loads(saved.read_text())
-        changed = [k for k in TrainConfig.RESUME_KEYS if old.get(k) != to_dict(cfg).get(k)]
-        if changed:
-            raise BeerayError(f"--resume: the checkpoint in {out} was made with a different config "
-                              f"({', '.join(f'{k}: {old.get(k)!r} -> {to_dict(cfg).get(k)!r}' for k in changed)})")
-    elif run_dir.exists():
-        raise BeerayError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
-    return out
-
-
-def fit(cfg: TrainConfig, *, run_config_callbacks: list | None = None,
+def fit(cfg: TrainConfig, data: PreparedData, *, run_config_callbacks: list | None = None,
         storage_path: str | None = None, name: str = RUN_NAME):
     """Run the TorchTrainer; returns Ray's Result. Used by `beeray train` and by each Tune trial."""
+    from ray.data import DataContext
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from ray.data import DataContext
-
-    data = PreparedData.load(cfg.data)
     _check_resources(cfg, local=not (cfg.address or os.environ.get("RAY_ADDRESS")))
     # Same shard contents in the same order on every run: resume must replay the epoch exactly.
     ctx = DataContext.get_current()
@@ -163,10 +140,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, baseline: bool = True) -> T
 
     data = PreparedData.load(cfg.data)  # fail on a bad folder before Ray starts
     cfg.data = str(data.root.resolve())
-    out = _prepare_out(cfg, resume)
+    out = artifacts.prepare_run_dir(cfg.out, state=f"ray/{RUN_NAME}", config_file="config.json",
+                                    config=to_dict(cfg), resume=resume, conflicts=cfg.resume_conflicts, what="run")
     init_ray(cfg.address)
     try:
-        result = fit(cfg)  # a run of the same name resumes from its newest checkpoint
+        result = fit(cfg, data)  # a run of the same name resumes from its newest checkpoint
     except TrainingFailedError as exc:
         raise BeerayError(f"training failed: {_root_cause(exc)}") from exc
     if result.checkpoint is None:
@@ -174,16 +152,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, baseline: bool = True) -> T
 
     model_dir = out / "model"
     with result.checkpoint.as_directory() as ckpt:
-        state = TrainState(**json.loads((Path(ckpt) / "state.json").read_text()))
-        if model_dir.exists():
-            shutil.rmtree(model_dir)
-        shutil.copytree(Path(ckpt) / MODEL_DIR, model_dir)
+        state = read_state(ckpt)
+        artifacts.replace_dir(Path(ckpt) / MODEL_DIR, model_dir)
     artifacts.write_history(state.history, out)
     # On a cluster the driver sits on the (CPU) head node: evaluate where the workers' devices are.
     gpus = cfg.gpus_per_worker if cfg.use_gpu else 0
     task = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=gpus)(final_metrics)
     metrics = ray.get(task.remote(cfg, data.root, model_dir, baseline=baseline))
-    artifacts.write_json({"config": to_dict(cfg), "data": data.stats, **metrics}, out / "metrics.json")
+    artifacts.write_json(out / "metrics.json", {"config": to_dict(cfg), "data": data.stats, **metrics})
     artifacts.model_card(model_dir, to_dict(cfg), data.stats, metrics)
     return TrainOutput(out=out, model_dir=model_dir, history=state.history, metrics=metrics)
 

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from beeray.artifacts import save_figure
 from beeray.config import TrainConfig, from_dict, load_yaml, to_dict
 from beeray.errors import BeerayError
 
@@ -312,10 +313,12 @@ def _placement_group_reaper(trials_dir: Path):
 
 
 def _fit_outside_trial_group(cfg: TrainConfig, callback, storage_path: str, name: str) -> None:
+    from beeray.data.prepared import PreparedData
     from beeray.trainer import fit
 
     recorder = _placement_group_recorder(Path(storage_path) / name / PG_FILE)
-    fit(cfg, run_config_callbacks=[callback, recorder], storage_path=storage_path, name=name)
+    fit(cfg, PreparedData.load(cfg.data), run_config_callbacks=[callback, recorder], storage_path=storage_path,
+        name=name)
 
 
 def make_trainable(base: TrainConfig, trials_dir: Path):
@@ -409,7 +412,9 @@ def collect(result_grid, cfg: TuneConfig) -> list[TrialRow]:
         frame = res.metrics_dataframe
         history: list[dict] = []
         if frame is not None and not frame.empty and cfg.metric in frame:
-            frame = frame[frame[cfg.metric].notna()]  # mid-epoch checkpoint reports carry no metrics
+            # epoch-end reports of trained epochs (epoch 0 is the base model, mid-epoch reports repeat
+            # the newest validation)
+            frame = frame[frame["epoch_end"].astype(bool) & (frame["epoch"] > 0) & frame[cfg.metric].notna()]
             keep = [c for c in ("epoch", "loss", *METRICS) if c in frame]
             history = frame[keep].to_dict("records")
         time_s = (res.metrics or {}).get("time_total_s")
@@ -472,8 +477,7 @@ def plot_trials(rows: list[TrialRow], cfg: TuneConfig, best: TrialRow, path: Pat
     ax.set_title(f"beeray tune: {len(rows)} trials")
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_hyperparameters(rows: list[TrialRow], cfg: TuneConfig, best: TrialRow, path: Path) -> None:
@@ -500,8 +504,7 @@ def plot_hyperparameters(rows: list[TrialRow], cfg: TuneConfig, best: TrialRow, 
     axes[0][0].set_ylabel(f"best {cfg.metric}")
     fig.suptitle("validation metric against each searched hyperparameter (red: best trial)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- the whole job
@@ -516,22 +519,14 @@ class TuneOutput:
 
 
 def _prepare_out(cfg: TuneConfig, resume: bool) -> Path:
-    out = Path(cfg.train.out)
-    saved = out / "tune_config.json"
-    run_dir = out / "ray" / TUNE_RUN
-    if resume:
-        if not run_dir.exists() or not saved.exists():
-            raise BeerayError(f"--resume: no previous search in {out}")
-        old = json.loads(saved.read_text())
-        if old != json.loads(json.dumps(cfg.to_json())):
-            changed = sorted(k for k in cfg.to_json() if old.get(k) != json.loads(json.dumps(cfg.to_json()[k])))
-            raise BeerayError(f"--resume: the search in {out} was started with a different config "
-                              f"(changed: {', '.join(changed)})")
-    elif run_dir.exists():
-        raise BeerayError(f"{out} already holds a search: pass --resume to continue it, or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
-    return out
+    from beeray import artifacts
+
+    def conflicts(old: dict) -> list[str]:
+        now = json.loads(json.dumps(cfg.to_json()))
+        return [f"changed: {k}" for k in sorted(now) if old.get(k) != now[k]]
+
+    return artifacts.prepare_run_dir(cfg.train.out, state=f"ray/{TUNE_RUN}", config_file="tune_config.json",
+                                     config=cfg.to_json(), resume=resume, conflicts=conflicts, what="search")
 
 
 def run_search(cfg: TuneConfig, *, resume: bool = False, callbacks: list | None = None):
@@ -571,7 +566,7 @@ def finish(cfg: TuneConfig, result_grid, *, resume: bool = False, baseline: bool
 
     out = Path(cfg.train.out)
     rows = collect(result_grid, cfg)
-    results_frame(rows, cfg).to_csv(out / "tune_results.csv", index=False)
+    artifacts.write_csv(out / "tune_results.csv", results_frame(rows, cfg))
     best = pick_best(rows, cfg)  # raises when every trial failed, after the table is written
     plot_trials(rows, cfg, best, out / "trials.png")
     plot_hyperparameters(rows, cfg, best, out / "hyperparameters.png")
@@ -588,7 +583,7 @@ def finish(cfg: TuneConfig, result_grid, *, resume: bool = False, baseline: bool
         done_before = (final_dir / "ray").exists()
         metrics = train(final, resume=resume and done_before, baseline=baseline).metrics
     best_epoch_row = next(h for h in best.history if int(h["epoch"]) == best.best_epoch)
-    artifacts.write_json({
+    artifacts.write_json(out / "best.json", {
         "trial_id": best.trial_id,
         "metric": cfg.metric, "mode": cfg.mode, "selection": "best epoch of each trial's reported history",
         "value": best.best, "best_epoch": best.best_epoch,
@@ -596,7 +591,7 @@ def finish(cfg: TuneConfig, result_grid, *, resume: bool = False, baseline: bool
         "validation": {m: best_epoch_row[m] for m in METRICS if m in best_epoch_row},
         "final": {"out": str(final_dir), "config": to_dict(final), "metrics": metrics},
         "failed_trials": [{"trial_id": r.trial_id, "error": r.error} for r in rows if r.status == "ERROR"],
-    }, out / "best.json")
+    })
     return TuneOutput(out=out, rows=rows, best=best, final_config=final, final_metrics=metrics)
 
 

@@ -12,7 +12,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A small random BERT sentence Transformer saved once per session (dropout 0.1)."""
-    from beeray.models import tiny_model
+    from tests.helpers import tiny_model
 
     root = tmp_path_factory.mktemp("tiny")
     tiny_model(root)

@@ -9,7 +9,8 @@ import pytest
 
 from beeray.cli import main
 from beeray.evaluate import evaluate
-from beeray.models import load_model, tiny_model
+from beeray.models import load_model
+from tests.helpers import tiny_model
 from tests.test_evaluate import write_prepared
 
 pytest.importorskip("beeray.data.prepared")

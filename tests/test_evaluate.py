@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from beeray.evaluate import bootstrap_stderr, cbf_scores, evaluate, needed_items, score_split, top_k_rows
+from beeray.data.prepared import EvalSplit as Split
+from beeray.data.prepared import PreparedData
+from beeray.evaluate import CBFScorer, bootstrap_stderr, cbf_scores, evaluate, needed_items, score_split, top_k_rows
 
 LOG2_3 = np.log2(3.0)
-
-
-@dataclass(frozen=True)
-class Split:
-    """Same fields as beeray.data.prepared.EvalSplit; score_split only reads attributes."""
-
-    name: str
-    user: np.ndarray
-    source: sp.csr_matrix
-    target: sp.csr_matrix
-    candidates: np.ndarray | None
-    excluded_users: int
 
 
 def make_split(source_rows, target_rows, n_items, candidates, excluded=0) -> Split:
@@ -35,8 +24,8 @@ def make_split(source_rows, target_rows, n_items, candidates, excluded=0) -> Spl
                 m[u, i] = 1.0
         return m.tocsr()
 
-    return Split("test", np.arange(len(source_rows)), csr(source_rows), csr(target_rows),
-                 None if candidates is None else np.asarray(candidates), excluded)
+    cand = np.arange(n_items) if candidates is None else np.asarray(candidates)  # None: a time split
+    return Split("test", np.arange(len(source_rows)), csr(source_rows), csr(target_rows), cand, excluded)
 
 
 # ---------------------------------------------------------------- hand-computed cases
@@ -72,7 +61,7 @@ def test_hand_case_scores_and_ranking():
 
 def test_hand_case_metrics():
     split = make_split(HAND_SOURCE, HAND_TARGET, 5, HAND_CAND, excluded=2)
-    res = score_split(HAND_EMB, split, batch_users=2, bootstrap=50)
+    res = score_split(CBFScorer(HAND_EMB), split, batch_users=2, bootstrap=50)
     assert res["users"] == 3
     assert res["excluded_users"] == 4
     assert res["recall@20"] == pytest.approx(1.0, abs=1e-12)
@@ -102,13 +91,13 @@ TIME_A_NDCG = (1 / np.log2(6) + 1 / np.log2(32) + 1 / np.log2(33)) / (1 + 1 / LO
 
 def test_hand_time_split_recall_and_masking():
     split = make_split(TIME_SOURCE, TIME_TARGET, 33, None)
-    res = score_split(TIME_EMB, split, bootstrap=10)
+    res = score_split(CBFScorer(TIME_EMB), split, bootstrap=10)
     assert res["users"] == 2 and res["excluded_users"] == 0
     assert res["recall@20"] == pytest.approx((1 / 3 + 0) / 2, abs=1e-12)
     assert res["recall@50"] == pytest.approx(1.0, abs=1e-12)
     assert res["ndcg@100"] == pytest.approx((TIME_A_NDCG + 0.2) / 2, abs=1e-12)
 
-    unmasked = score_split(TIME_EMB, split, bootstrap=10, exclude_source=False)
+    unmasked = score_split(CBFScorer(TIME_EMB), split, bootstrap=10, exclude_source=False)
     a_unmasked = (1 / np.log2(6) + 1 / np.log2(32) + 1 / np.log2(34)) / (1 + 1 / LOG2_3 + 0.5)
     assert unmasked["ndcg@100"] == pytest.approx((a_unmasked + 1 / np.log2(34)) / 2, abs=1e-12)
 
@@ -165,14 +154,14 @@ def random_split(n_users, n_items, n_cand, seed, density=0.15):
     emb = rng.normal(size=(n_items, 8))
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     split = Split("val", np.arange(n_users), sp.csr_matrix(src_mask, dtype=np.float32),
-                  sp.csr_matrix(tgt_mask, dtype=np.float32), cand, 3)
+                  sp.csr_matrix(tgt_mask, dtype=np.float32), np.arange(n_items) if cand is None else cand, 3)
     return emb.astype(np.float32), split
 
 
 @pytest.mark.parametrize("n_users,n_items,n_cand", [(200, 60, 25), (200, 60, None), (60, 250, None)])
 def test_matches_brute_force(n_users, n_items, n_cand):
     emb, split = random_split(n_users, n_items, n_cand, seed=n_items + (n_cand or 0))
-    res = score_split(emb, split, batch_users=7, bootstrap=20)
+    res = score_split(CBFScorer(emb), split, batch_users=7, bootstrap=20)
     ref, excluded = brute_force(emb.astype(np.float64), split.source, split.target, split.candidates)
     assert excluded > 0
     assert res["users"] == len(ref)
@@ -180,12 +169,12 @@ def test_matches_brute_force(n_users, n_items, n_cand):
     for j, name in enumerate(["recall@20", "recall@50", "ndcg@100"]):
         assert res[name] == pytest.approx(ref[:, j].mean(), abs=1e-12), name
     # batching must not change anything
-    assert score_split(emb, split, batch_users=1000, bootstrap=20) == res
+    assert score_split(CBFScorer(emb), split, batch_users=1000, bootstrap=20) == res
 
 
 def test_bootstrap_stderr_close_to_analytic():
     emb, split = random_split(2500, 140, 90, seed=1, density=0.06)
-    res = score_split(emb, split, batch_users=512, bootstrap=1000, seed=5)
+    res = score_split(CBFScorer(emb), split, batch_users=512, bootstrap=1000, seed=5)
     ref, _ = brute_force(emb.astype(np.float64), split.source, split.target, split.candidates)
     for j, name in enumerate(["recall@20", "recall@50", "ndcg@100"]):
         analytic = ref[:, j].std(ddof=1) / np.sqrt(len(ref))
@@ -265,14 +254,13 @@ def write_prepared(root: Path, *, n_items=90, n_users=40, n_val=10, n_test=35, s
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from beeray.models import tiny_model
+    from tests.helpers import tiny_model
 
     return tiny_model(tmp_path_factory.mktemp("tiny_model"))
 
 
 def test_evaluate_real_encoder(tmp_path, tiny):
-    prepared = pytest.importorskip("beeray.data.prepared")
-    data = prepared.PreparedData.load(write_prepared(tmp_path / "data"))
+    data = PreparedData.load(write_prepared(tmp_path / "data"))
     res = evaluate(tiny, data, "test", batch_size=16, bootstrap=200, show_progress=False)
 
     assert set(res) == {"recall@20", "recall@50", "ndcg@100", "users", "excluded_users", "stderr"}
@@ -287,7 +275,7 @@ def test_evaluate_real_encoder(tmp_path, tiny):
 
     emb = tiny.encode(data.texts, batch_size=16, normalize_embeddings=True, convert_to_numpy=True)
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
-    ref = score_split(emb, split, bootstrap=200)
+    ref = score_split(CBFScorer(emb), split, bootstrap=200)
     assert ref["users"] == res["users"] and ref["excluded_users"] == res["excluded_users"]
     for m in ("recall@20", "recall@50", "ndcg@100"):
         assert res[m] == pytest.approx(ref[m], rel=1e-6)

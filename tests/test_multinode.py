@@ -216,7 +216,7 @@ def cluster(tmp_path_factory):
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     from beeray.data.prepare import prepare_synthetic
-    from beeray.models import tiny_model
+    from tests.helpers import tiny_model
 
     root = tmp_path_factory.mktemp("inputs")
     prepare_synthetic(root / "shop")

@@ -12,6 +12,7 @@ from beeray.data.prepared import PreparedData
 from beeray.data.preprocess import combine, preprocess
 from beeray.data.splits import default_cold_size, item_split, time_split
 from beeray.errors import BeerayError
+from tests.helpers import train_matrix
 
 
 @pytest.fixture(scope="module")
@@ -151,11 +152,11 @@ def test_prepared_reader_matches_split(tmp_path):
     res = prepare_synthetic(tmp_path / "shop", options=PrepareOptions(seed=5))
     pdata = PreparedData.load(tmp_path / "shop")
     assert pdata.n_items == res.stats["items"] == len(pdata.texts)
-    x = pdata.train_matrix()
+    x = train_matrix(pdata)
     assert x.dtype == np.float32 and x.shape[1] == pdata.n_items
     cold = pdata.split["val_items"] + pdata.split["test_items"]
     assert x[:, cold].nnz == 0 and x.nnz == res.stats["split"]["train_interactions"]
-    assert pdata.train_matrix(full=True)[:, pdata.split["test_items"]].nnz == 0
+    assert train_matrix(pdata, full=True)[:, pdata.split["test_items"]].nnz == 0
     ev = pdata.eval_split("test")
     assert ev.source.shape == ev.target.shape == (len(ev.user), pdata.n_items)
     assert ev.source[:, cold].nnz == 0 and ev.target.nnz == ev.target[:, pdata.split["test_items"]].nnz

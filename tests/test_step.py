@@ -1,17 +1,13 @@
 """The two-pass step computes exactly the gradient of plain end-to-end autograd."""
 
-import copy
-
 import numpy as np
 import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
 import beeray.encoder as encoder
-from beeray.encoder import TokenizedCatalog, encode, plan_chunks
-from beeray.loss import nmse_loss
-from beeray.sampler import batch_targets, sample_item_set, step_rng
-from beeray.step import train_step
+from beeray.encoder import TokenizedCatalog, encode
+from tests.helpers import autograd_grads, relative_error, two_pass_grads
 
 WORDS = "printer toner cable paper tent lamp stove boots sock jacket lens tripod camera bag strap".split()
 
@@ -31,41 +27,18 @@ def setup(tiny_model_dir):
     return model, catalog, users
 
 
-def reference_grads(model, catalog, users, m, key, chunk_size, seed):
-    """Plain autograd through the encoder: the same chunks, one graph, one backward."""
-    model = copy.deepcopy(model)
-    model.train()
-    item_set = sample_item_set(np.unique(np.concatenate(users)), len(catalog), m, step_rng(*key))
-    chunks = plan_chunks(item_set, catalog.lengths, chunk_size)
-    torch.manual_seed(seed)
-    emb = torch.empty((item_set.size, model.get_embedding_dimension()))
-    for pos in chunks:
-        emb[torch.as_tensor(pos)] = encode(model, catalog.features(item_set[pos], "cpu"), amp=False)
-    loss = nmse_loss(torch.from_numpy(batch_targets(users, item_set)), emb)
-    loss.backward()
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, loss.item()
-
-
-def two_pass_grads(model, catalog, users, m, key, chunk_size, seed):
-    model = copy.deepcopy(model)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    torch.manual_seed(seed)
-    res = train_step(model, opt, catalog, users, m=m, rng_key=key, chunk_size=chunk_size, device=torch.device("cpu"))
-    # SGD with lr=1: the parameter change is exactly minus the gradient.
-    return {n: before[n] - p.detach() for n, p in model.named_parameters()}, res
-
-
 @pytest.mark.parametrize("chunk_size", [1, 5, 16, 64])
 def test_two_pass_equals_autograd_with_dropout(setup, chunk_size):
     model, catalog, users = setup
     assert model[0].auto_model.config.hidden_dropout_prob > 0
-    ref, ref_loss = reference_grads(model, catalog, users, 24, (1, 0, 3), chunk_size, seed=7)
+    ref, ref_loss = autograd_grads(model, catalog, users, 24, (1, 0, 3), chunk_size, seed=7)
     got, res = two_pass_grads(model, catalog, users, 24, (1, 0, 3), chunk_size, seed=7)
     assert res.loss == pytest.approx(ref_loss, rel=1e-6)
     assert res.items == 24 and res.users == len(users)
+    # float32 through a 2-layer encoder: the two computations differ by round-off only
+    assert relative_error(got, ref) < 1e-5
     for name, g in ref.items():
-        torch.testing.assert_close(got[name], g, rtol=1e-5, atol=1e-7, msg=name)
+        torch.testing.assert_close(got[name], g, rtol=1e-4, atol=1e-6 * g.abs().max().item(), msg=name)
 
 
 def test_without_rng_replay_gradients_differ(setup, monkeypatch):
@@ -83,10 +56,9 @@ def test_without_rng_replay_gradients_differ(setup, monkeypatch):
             pass
 
     monkeypatch.setattr(encoder, "RandContext", NoReplay)
-    ref, _ = reference_grads(model, catalog, users, 24, (1, 0, 3), 8, seed=7)
+    ref, _ = autograd_grads(model, catalog, users, 24, (1, 0, 3), 8, seed=7)
     got, _ = two_pass_grads(model, catalog, users, 24, (1, 0, 3), 8, seed=7)
-    diff = max((got[n] - g).abs().max().item() for n, g in ref.items())
-    assert diff > 1e-4
+    assert relative_error(got, ref) > 1e-2
 
 
 def test_loss_and_grads_do_not_depend_on_catalog_beyond_item_set(setup):
@@ -100,8 +72,7 @@ def test_loss_and_grads_do_not_depend_on_catalog_beyond_item_set(setup):
     big_g, big_res = two_pass_grads(model, big, users, 1, (0, 0, 0), 8, seed=3)
     assert small.items == big_res.items == np.unique(np.concatenate(users)).size
     assert big_res.loss == pytest.approx(small.loss, rel=1e-6)
-    for name, g in small_g.items():
-        torch.testing.assert_close(big_g[name], g, rtol=1e-5, atol=1e-7)
+    assert relative_error(big_g, small_g) < 1e-6
 
 
 def test_catalog_features_match_sentence_transformers_encode(setup):

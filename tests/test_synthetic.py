@@ -10,7 +10,8 @@ import pandas as pd
 
 from beeray.cli import main
 from beeray.data.prepare import prepare_synthetic
-from beeray.data.synthetic import generate_shop, jaccard
+from beeray.data.synthetic import generate_shop
+from tests.helpers import jaccard
 
 
 def test_deterministic_and_sized():

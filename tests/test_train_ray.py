@@ -48,6 +48,52 @@ def test_train_cli_writes_artifacts_and_learns(ray_session, shop, tiny_model_dir
     assert "trained / test" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("full_train", [False, True])
+def test_training_never_tokenizes_or_encodes_a_cold_item(ray_session, shop, tiny_model_dir, tmp_path, monkeypatch,
+                                                         full_train):
+    """One epoch of the real worker loop on the shop, in this process (Ray Train's local mode), with
+    spies on every tokenizer call and on every text the step encodes: no validation or test cold
+    item (train) / no test cold item (full train) ever gets there."""
+    from ray.train import DataConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from transformers import PreTrainedTokenizerBase
+
+    from beeray.config import to_dict
+    from beeray.data.prepared import PreparedData
+    from beeray.encoder import TokenizedCatalog
+    from beeray.train_loop import train_loop_per_worker
+    from beeray.trainer import train_dataset
+
+    data = PreparedData.load(shop)
+    val, test = set(data.split["val_items"]), set(data.split["test_items"])
+    forbidden = test if full_train else val | test
+    tokenized: list[str] = []
+    encoded: set[int] = set()
+    real_call, real_features = PreTrainedTokenizerBase.__call__, TokenizedCatalog.features
+
+    def tokenizer_spy(self, text=None, *args, **kw):
+        tokenized.extend([text] if isinstance(text, str) else list(text))
+        return real_call(self, text, *args, **kw)
+
+    def features_spy(self, rows, device):
+        encoded.update(self.items[rows].tolist())
+        return real_features(self, rows, device)
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "__call__", tokenizer_spy)
+    monkeypatch.setattr(TokenizedCatalog, "features", features_spy)
+    cfg = _cfg(shop, tiny_model_dir, tmp_path / "run", epochs=1, eval_every_epoch=False, full_train=full_train)
+    TorchTrainer(train_loop_per_worker, train_loop_config=to_dict(cfg), scaling_config=ScalingConfig(num_workers=0),
+                 datasets={"train": train_dataset(data, full_train, 1)},
+                 dataset_config=DataConfig(datasets_to_split=["train"]),
+                 run_config=RunConfig(storage_path=str(tmp_path / "ray"), name="local")).fit()
+
+    catalog = data.train_items(full_train)
+    assert len(tokenized) == catalog.size  # the training catalog, tokenized once
+    assert not {data.texts[i] for i in forbidden} & set(tokenized)
+    assert encoded and encoded <= set(catalog.tolist()) and not encoded & forbidden
+    assert bool(encoded & val) == full_train  # full train does learn from the validation cold items
+
+
 def test_every_user_seen_once_per_epoch_with_two_workers(ray_session, shop, tmp_path):
     """The real dataset + shard reader: W=2, an odd user count, nobody dropped or repeated."""
     import ray.train

@@ -76,9 +76,17 @@ class PreparedData:
     def train_path(self, full: bool = False) -> Path:
         return self.root / ("train_full.parquet" if full else "train.parquet")
 
-    def train_matrix(self, full: bool = False) -> sp.csr_matrix:
+    def train_items(self, full: bool = False) -> np.ndarray:
+        """The training catalog (method.md §2.1): sorted indices of the items that have an interaction
+        in the file a run trains on. Warm items for `train`; warm + validation cold items for
+        `train_full`; never a test cold item."""
         table = pq.read_table(self.train_path(full), columns=["items"])
-        return lists_to_csr(table.column("items").to_pylist(), self.n_items)
+        flat = table.column("items").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        return np.unique(flat.astype(np.int64))
+
+    def train_texts(self, items: np.ndarray) -> list[str]:
+        """The texts of the training catalog, and no other item's."""
+        return [self.texts[i] for i in items]
 
     def eval_split(self, which: str) -> EvalSplit:
         if which not in ("val", "test"):

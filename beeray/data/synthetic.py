@@ -308,14 +308,3 @@ def generate_shop(seed: int = 0, n_users: int = 640, n_bundles_per_category: int
     items["group"] = items["bundle"]
     return inter, items
 
-
-def tokens(text: str) -> set[str]:
-    """Lower-cased word tokens (for similarity checks in tests and demos)."""
-    import re
-
-    return set(re.findall(r"[a-z0-9]+", text.lower()))
-
-
-def jaccard(a: str, b: str) -> float:
-    ta, tb = tokens(a), tokens(b)
-    return len(ta & tb) / len(ta | tb) if ta | tb else 0.0

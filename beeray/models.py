@@ -30,15 +30,21 @@ def resolve_model(name_or_path: str) -> str:
 
 def load_model(name_or_path: str, device: str | None = None, trust_remote_code: bool = False):
     """Load a SentenceTransformer; remote code only runs when explicitly allowed."""
+    import torch
     from sentence_transformers import SentenceTransformer
 
     resolved = resolve_model(name_or_path)
     try:
-        return SentenceTransformer(resolved, device=device, trust_remote_code=trust_remote_code)
+        model = SentenceTransformer(resolved, device=device, trust_remote_code=trust_remote_code)
     except OSError as exc:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = " (HF_HUB_OFFLINE=1 is set: pass a local folder)" if offline else ""
         raise BeerayError(f"cannot load model {name_or_path!r}{hint}: {exc}") from exc
+    # A folder saved in fp16/bf16 loads in that dtype: training keeps float32 weights (bf16 is
+    # autocast's business), and evaluation then matches a float32 model's up to the saved rounding.
+    if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
+        model.float()
+    return model
 
 
 def embedding_dim(model) -> int:

@@ -15,12 +15,17 @@ import os
 import shutil
 import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from beeray.errors import BeerayError
 from beeray.evaluate import METRICS, VAL_METRICS
+
+if TYPE_CHECKING:
+    from beeray.config import TuneConfig
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -204,3 +209,122 @@ def prepare_run_dir(out: str | Path, *, state: str, config_file: str, config: di
     out.mkdir(parents=True, exist_ok=True)
     write_json(saved, config)
     return out
+
+
+# ---------------------------------------------------------------- a search's results (beeray tune)
+
+@dataclass
+class TrialRow:
+    trial_id: str
+    config: dict
+    history: list[dict]  # one row per epoch with the validation metrics
+    status: str
+    time_s: float | None
+    error: str | None
+    best: float | None = None
+    best_epoch: int | None = None
+
+
+def _error_summary(error: Any) -> str:
+    """One line for a failed trial: the innermost "...Error: ..." line of Ray's wrapped traceback."""
+    text = str(error).strip()
+    # Ray wraps the cause; its last "Error: ..." line is the one that says what happened.
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    causes = [ln for ln in lines if "Error" in ln.split(":")[0] or "Exception" in ln.split(":")[0]]
+    return (causes[-1] if causes else lines[0] if lines else type(error).__name__)[:300]
+
+
+def collect(result_grid, cfg: "TuneConfig") -> list[TrialRow]:
+    """One row per trial of a Ray Tune ResultGrid: its sampled values, per-epoch validation, best epoch."""
+    rows = []
+    better = max if cfg.search.mode == "max" else min
+    for res in result_grid:
+        trial_id = (res.metrics or {}).get("trial_id") or Path(res.path).name
+        frame = res.metrics_dataframe
+        history: list[dict] = []
+        if frame is not None and not frame.empty and cfg.search.metric in frame:
+            # epoch-end reports of trained epochs (epoch 0 is the base model, mid-epoch reports repeat
+            # the newest validation)
+            frame = frame[frame["epoch_end"].astype(bool) & (frame["epoch"] > 0) & frame[cfg.search.metric].notna()]
+            keep = [c for c in ("epoch", "loss", *VAL_METRICS) if c in frame]
+            history = frame[keep].to_dict("records")
+        time_s = (res.metrics or {}).get("time_total_s")
+        row = TrialRow(trial_id=str(trial_id), config={s.name: res.config.get(s.name) for s in cfg.space},
+                       history=history, status="ERROR" if res.error else "TERMINATED",
+                       time_s=time_s, error=_error_summary(res.error) if res.error else None)
+        if history:
+            best = better(history, key=lambda h: h[cfg.search.metric])
+            row.best, row.best_epoch = float(best[cfg.search.metric]), int(best["epoch"])
+        rows.append(row)
+    return rows  # in the order Tune created the trials
+
+
+def results_frame(rows: list[TrialRow], cfg: "TuneConfig") -> pd.DataFrame:
+    records = []
+    for row in rows:
+        rec: dict = {"trial_id": row.trial_id, **row.config}
+        for h in row.history:
+            for m in VAL_METRICS:
+                if m in h:
+                    rec[f"{m}_epoch{int(h['epoch'])}"] = h[m]
+        rec.update({f"best_{cfg.search.metric}": row.best, "best_epoch": row.best_epoch, "epochs_run": len(row.history),
+                    "status": row.status, "time_s": row.time_s, "error": row.error})
+        records.append(rec)
+    frame = pd.DataFrame(records)
+    # Epoch columns in epoch order, whatever order the trials reported them in.
+    fixed = ["trial_id", *[s.name for s in cfg.space]]
+    tail = [f"best_{cfg.search.metric}", "best_epoch", "epochs_run", "status", "time_s", "error"]
+    middle = sorted((c for c in frame.columns if c not in fixed + tail),
+                    key=lambda c: (VAL_METRICS.index(c.rsplit("_epoch", 1)[0]), int(c.rsplit("_epoch", 1)[1])))
+    return frame.reindex(columns=fixed + middle + tail)
+
+
+def plot_trials(rows: list[TrialRow], cfg: "TuneConfig", best: TrialRow, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in rows:
+        if not row.history:
+            continue
+        epochs = [h["epoch"] for h in row.history]
+        values = [h[cfg.search.metric] for h in row.history]
+        is_best = row is best
+        ax.plot(epochs, values, "o-", lw=2.5 if is_best else 1, alpha=1 if is_best else 0.6,
+                label=f"{row.trial_id}{' (best)' if is_best else ''}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{cfg.search.metric} (validation)")
+    ax.set_xticks(range(1, cfg.max_epochs + 1))
+    ax.set_title(f"beeray tune: {len(rows)} trials")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_hyperparameters(rows: list[TrialRow], cfg: "TuneConfig", best: TrialRow, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(cfg.space)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.6), squeeze=False)
+    scored = [r for r in rows if r.best is not None]
+    for ax, spec in zip(axes[0], cfg.space):
+        xs = [r.config[spec.name] for r in scored]
+        ys = [r.best for r in scored]
+        if spec.type == "choice" and not all(isinstance(x, (int, float)) for x in xs):
+            labels = [str(v) for v in spec.values]
+            xs = [labels.index(str(x)) for x in xs]
+            ax.set_xticks(range(len(labels)), labels)
+        ax.scatter(xs, ys, c=["tab:red" if r is best else "tab:blue" for r in scored], zorder=3)
+        if spec.log_scale:
+            ax.set_xscale("log")
+        ax.set_xlabel(spec.name)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"best {cfg.search.metric}")
+    fig.suptitle("validation metric against each searched hyperparameter (red: best trial)")
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -27,13 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in _COMMANDS:
-        try:
-            module = importlib.import_module(f"beeray.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"beeray.commands.{name}":
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(f"beeray.commands.{name}").register(sub)
     return parser
 
 

@@ -1,16 +1,26 @@
-"""Typed configuration: a dataclass per job, read from YAML, overridden from the command line."""
+"""Typed configuration: a dataclass per job, read from YAML, overridden from the command line.
+
+Every config (a training run, a search, one searched hyperparameter, the scheduler) is a
+dataclass parsed by one function, `from_dict`, which coerces each value to its field's type
+(numbers written as strings, `Literal` choices, nested configs, lists) and reports any problem as
+one line naming the file, the key and the value. Each class's `validate()` holds the checks that
+types cannot express. Values are data: nothing is ever evaluated.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
 from beeray.errors import BeerayError
+from beeray.evaluate import VAL_METRICS
 from beeray.models import DEFAULT_MODEL
 
 
@@ -31,10 +41,10 @@ class TrainConfig:
     seed: int = 42
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto = bf16 on GPUs that support it, off on CPU
     # Dropout on attention probabilities during training; None keeps the model's own (the paper's
-    # setting). 0 makes a CPU step ~1.6x faster (the fused attention kernel has no dropout).
+    # setting). 0 makes a CPU step ~1.3x faster (the fused attention kernel has no dropout).
     attention_dropout: float | None = None
     full_train: bool = False  # also train on the validation cold items (the final model)
-    eval_every_epoch: bool = True  # validation metrics after each epoch
+    eval_every_epoch: bool = True  # validation metrics of the base model and after each epoch
     evaluate_test: bool = True  # test metrics of the final model (off inside tuning trials)
     # Ray
     parallel: Literal["items", "data"] = "items"
@@ -51,17 +61,17 @@ class TrainConfig:
     # from a checkpoint (0 = never). Shows that max_failures / --resume recover.
     crash_at_step: int = 0
 
-    def validate(self) -> "TrainConfig":
+    def validate(self, where: str = "config") -> "TrainConfig":
         positive = ["lr", "epochs", "batch_size", "m", "max_seq_length", "encode_batch_size", "num_workers",
                     "cpus_per_worker", "keep_checkpoints"]
         for name in positive:
             if getattr(self, name) <= 0:
-                raise BeerayError(f"config: {name} must be > 0, got {getattr(self, name)!r}")
+                raise BeerayError(f"{where}: {name} must be > 0, got {getattr(self, name)!r}")
         for name in ["checkpoint_every", "max_failures", "weight_decay"]:
             if getattr(self, name) < 0:
-                raise BeerayError(f"config: {name} must be >= 0, got {getattr(self, name)!r}")
+                raise BeerayError(f"{where}: {name} must be >= 0, got {getattr(self, name)!r}")
         if self.parallel == "items" and self.batch_size < self.num_workers:
-            raise BeerayError(f"config: batch_size {self.batch_size} < num_workers {self.num_workers}")
+            raise BeerayError(f"{where}: batch_size {self.batch_size} < num_workers {self.num_workers}")
         return self
 
     # The only fields --resume may change: where the run lives, how it is supervised, and how long
@@ -78,17 +88,233 @@ class TrainConfig:
         return [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in keys]
 
 
+# ---------------------------------------------------------------- a search (beeray tune)
+
+TRAIN_KEYS = frozenset(f.name for f in fields(TrainConfig))
+# Keys a trial may not change: where data/results live, what a trial is allowed to see (never test
+# items), and the resources per trial, which come from the train section.
+FIXED_KEYS = frozenset({"data", "out", "full_train", "evaluate_test", "eval_every_epoch", "address", "num_workers",
+                        "use_gpu", "cpus_per_worker", "gpus_per_worker", "crash_at_step", "max_failures"})
+SPEC_KEYS = {"loguniform": {"low", "high"}, "uniform": {"low", "high"}, "randint": {"low", "high"},
+             "choice": {"values"}}
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """One searched hyperparameter. randint draws from [low, high) like Ray Tune and numpy."""
+
+    name: str
+    type: Literal["loguniform", "uniform", "randint", "choice"]
+    low: float | int | None = None
+    high: float | int | None = None
+    values: tuple = ()
+
+    @classmethod
+    def parse(cls, name: str, raw: Any, base: TrainConfig, where: str) -> "SearchSpec":
+        where = f"{where}: search.space.{name}"
+        if name not in TRAIN_KEYS:
+            raise BeerayError(f"{where}: {name!r} is not a training config key; known: {', '.join(sorted(TRAIN_KEYS))}")
+        if name in FIXED_KEYS:
+            raise BeerayError(f"{where}: {name!r} cannot be searched (set it in the train section)")
+        if not isinstance(raw, dict):
+            raise BeerayError(f"{where}: expected a mapping like {{type: loguniform, low: 1e-6, high: 1e-3}}")
+        kind = raw.get("type")
+        if kind not in SPEC_KEYS:
+            raise BeerayError(f"{where}: unknown type {kind!r}; use one of {', '.join(SPEC_KEYS)}")
+        extra = sorted(set(raw) - SPEC_KEYS[kind] - {"type"})
+        if extra:
+            raise BeerayError(f"{where}: unexpected key(s) {', '.join(extra)} for type {kind}")
+        spec = from_dict(cls, {"name": name, **raw}, where)
+        if kind == "choice":
+            # Coerce through the config's own types: [256, 512] for an int, "1e-5" for a float, ...
+            hint = typing.get_type_hints(TrainConfig)[name]
+            spec = dataclasses.replace(spec, values=tuple(_coerce(name, hint, v, where.rsplit(".", 1)[0])
+                                                          for v in spec.values))
+        return spec.validate(base, where)
+
+    def validate(self, base: TrainConfig, where: str) -> "SearchSpec":
+        hint = typing.get_type_hints(TrainConfig)[self.name]
+        if self.type == "choice":
+            if not self.values:
+                raise BeerayError(f"{where}: choice needs a non-empty list `values`")
+            if len(set(self.values)) != len(self.values):
+                raise BeerayError(f"{where}: choice values repeat: {list(self.values)}")
+        else:
+            if self.low is None or self.high is None:
+                raise BeerayError(f"{where}: {self.type} needs `low` and `high`")
+            integer = self.type == "randint"
+            for bound in ("low", "high"):
+                value = getattr(self, bound)
+                if integer and not float(value).is_integer():
+                    raise BeerayError(f"{where}.{bound}: expected an integer, got {value!r}")
+            if self.low >= self.high:
+                raise BeerayError(f"{where}: low ({self.low}) must be < high ({self.high})"
+                                  + (" (randint: high is exclusive)" if integer else ""))
+            if self.type == "loguniform" and self.low <= 0:
+                raise BeerayError(f"{where}: loguniform needs low > 0, got {self.low}")
+            if integer and hint is not int:
+                raise BeerayError(f"{where}: randint draws integers but {self.name} is not an integer setting")
+            if not integer and hint is not float:
+                raise BeerayError(f"{where}: {self.type} draws floats but {self.name} is "
+                                  f"{'an integer (use randint or choice)' if hint is int else 'not a number'}")
+        for value in self.extremes():  # every value a trial may get must make a valid config
+            try:
+                dataclasses.replace(base, **{self.name: value}).validate()
+            except BeerayError as exc:
+                raise BeerayError(f"{where}: value {value!r} is not valid ({exc})") from None
+        return self
+
+    def domain(self):
+        from ray import tune
+
+        if self.type == "loguniform":
+            return tune.loguniform(self.low, self.high)
+        if self.type == "uniform":
+            return tune.uniform(self.low, self.high)
+        if self.type == "randint":
+            return tune.randint(int(self.low), int(self.high))
+        return tune.choice(list(self.values))
+
+    def extremes(self) -> list:
+        """The values a trial can get at the edges of the range (all of them for a choice)."""
+        if self.type == "choice":
+            return list(self.values)
+        if self.type == "randint":
+            return [int(self.low), int(self.high) - 1]
+        return [float(self.low), float(self.high)]
+
+    @property
+    def log_scale(self) -> bool:
+        return self.type == "loguniform"
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    type: Literal["asha", "none"] = "asha"
+    grace_period: int = 1
+    reduction_factor: int = 2
+
+    @classmethod
+    def from_scalar(cls, value: Any) -> "SchedulerConfig":
+        """`scheduler: none` / `scheduler: asha` (or false / null) as a shorthand for the mapping."""
+        if value in (None, False, "none"):
+            return cls(type="none")
+        if value == "asha":
+            return cls()
+        raise ValueError(value)
+
+    def validate(self, where: str) -> "SchedulerConfig":
+        if self.grace_period < 1 or self.reduction_factor < 2:
+            raise BeerayError(f"{where}: search.scheduler needs grace_period >= 1 and reduction_factor >= 2")
+        return self
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    space: dict = field(default_factory=dict)  # name -> SearchSpec, parsed by TuneConfig.parse
+    num_samples: int = 8
+    max_concurrent_trials: int = 2
+    metric: str = "val_ndcg@100"
+    mode: Literal["max", "min"] = "max"
+    seed: int = 0
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+    def validate(self, where: str) -> "SearchConfig":
+        if self.num_samples < 1:
+            raise BeerayError(f"{where}: search.num_samples must be >= 1, got {self.num_samples}")
+        if self.max_concurrent_trials < 1:
+            raise BeerayError(f"{where}: search.max_concurrent_trials must be >= 1, got {self.max_concurrent_trials}")
+        if self.metric not in VAL_METRICS:
+            raise BeerayError(f"{where}: search.metric {self.metric!r} is not a reported validation metric; "
+                              f"use one of {', '.join(VAL_METRICS)}")
+        self.scheduler.validate(where)
+        return self
+
+
+@dataclass
+class TuneConfig:
+    """A search: the fixed training settings (`train`) and what is searched and how (`search`)."""
+
+    train: TrainConfig
+    search: SearchConfig
+    source: str = ""  # the YAML path, for messages
+
+    @classmethod
+    def parse(cls, values: dict, where: str) -> "TuneConfig":
+        unknown = sorted(set(values) - {"train", "search"})
+        if unknown:
+            raise BeerayError(f"{where}: unknown top-level key(s) {', '.join(map(str, unknown))}; "
+                              "expected train and search")
+        search = values.get("search")
+        if not isinstance(search, dict):
+            raise BeerayError(f"{where}: missing `search:` section (space, num_samples, metric, ...)")
+        raw_space = search.get("space")
+        if not isinstance(raw_space, dict) or not raw_space:
+            raise BeerayError(f"{where}: search.space is empty: name at least one hyperparameter to search")
+        train_values = values.get("train") or {}
+        if not isinstance(train_values, dict):
+            raise BeerayError(f"{where}: `train` must be a mapping of TrainConfig keys")
+        train = from_dict(TrainConfig, train_values, f"{where}: train").validate(f"{where}: train")
+        if not train.data:
+            raise BeerayError(f"{where}: train.data is not set (a folder made by `beeray prepare`)")
+        space = {str(k): SearchSpec.parse(str(k), v, train, where) for k, v in raw_space.items()}
+        settings = from_dict(SearchConfig, {**search, "space": space}, f"{where}: search", what="search")
+        return cls(train=train, search=settings.validate(where), source=where)
+
+    @property
+    def space(self) -> list[SearchSpec]:
+        return list(self.search.space.values())
+
+    @property
+    def max_epochs(self) -> int:
+        spec = self.search.space.get("epochs")
+        return int(max(spec.extremes())) if spec else self.train.epochs
+
+    def to_json(self) -> dict:
+        return {"train": to_dict(self.train),
+                "search": {**dataclasses.asdict(self.search), "space": [dataclasses.asdict(s) for s in self.space]}}
+
+
+# ---------------------------------------------------------------- parsing
+
+def _field(where: str, name: str) -> str:
+    """`file: name`, or `file: section.name` inside a section (`where` = "file: section")."""
+    return f"{where}.{name}" if ": " in where else f"{where}: {name}"
+
+
+def _choices(options) -> str:
+    options = [str(o) for o in options]
+    return " or ".join(options) if len(options) <= 2 else f"one of {', '.join(options[:-1])} or {options[-1]}"
+
+
 def _coerce(name: str, tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if value is None and type(None) in args:
-        return None
+    """`value` as type `tp`; `where: name` starts the one-line message when it cannot be."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Literal:
+        if isinstance(value, bool) and ("off" if not value else "on") in args:
+            value = "off" if not value else "on"  # YAML 1.1 reads a bare off/on as a boolean
         if value not in args:
-            raise BeerayError(f"{where}: {name} must be one of {', '.join(map(str, args))}, got {value!r}")
+            raise BeerayError(f"{_field(where, name)} must be {_choices(args)}, got {value!r}")
         return value
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        tp = next(a for a in args if a is not type(None))
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        kinds = tuple(a for a in args if a is not type(None))
+        if set(kinds) == {float, int}:
+            return _number(name, value, where)
+        tp = kinds[0]
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return from_dict(tp, value, _field(where, name))
+        try:
+            return tp.from_scalar(value)
+        except (AttributeError, ValueError):
+            raise BeerayError(f"{_field(where, name)} must be a mapping of {tp.__name__} keys, got {value!r}") from None
+    if tp in (dict, tuple) or typing.get_origin(tp) in (dict, tuple):
+        want = dict if (typing.get_origin(tp) or tp) is dict else (list, tuple)
+        if not isinstance(value, want):
+            raise BeerayError(f"{_field(where, name)} must be a {'mapping' if want is dict else 'list'}, got {value!r}")
+        return value if want is dict else tuple(value)
     try:
         if tp is bool:
             if isinstance(value, str):
@@ -98,21 +324,40 @@ def _coerce(name: str, tp: Any, value: Any, where: str) -> Any:
                     return False
                 raise ValueError(value)
             return bool(value)
+        if tp in (int, float) and isinstance(value, bool):
+            raise ValueError(value)
         if tp is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(value)
         if tp is float and isinstance(value, str):
-            return float(value)  # YAML reads 1e-5 as a string
+            return float(value)  # YAML 1.1 reads 1e-5 (no dot) as a string
         return tp(value)
     except (TypeError, ValueError):
-        raise BeerayError(f"{where}: {name} must be {tp.__name__}, got {value!r}") from None
+        raise BeerayError(f"{_field(where, name)} must be {tp.__name__}, got {value!r}") from None
 
 
-def from_dict(cls, values: dict, where: str):
+def _number(name: str, value: Any, where: str) -> float | int:
+    """A finite int or float; YAML's `1e-5` string is a number, a bool is not."""
+    if isinstance(value, bool):
+        raise BeerayError(f"{_field(where, name)}: expected a number, got {value!r}")
+    if isinstance(value, int):
+        return value
+    try:
+        num = float(value)
+    except (TypeError, ValueError):
+        raise BeerayError(f"{_field(where, name)}: expected a number, got {value!r}") from None
+    if not math.isfinite(num):
+        raise BeerayError(f"{_field(where, name)}: expected a finite number, got {value!r}")
+    return num
+
+
+def from_dict(cls, values: dict, where: str, what: str = ""):
+    """An instance of dataclass `cls` from a mapping: unknown keys and wrong types are errors."""
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise BeerayError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise BeerayError(f"{where}: unknown {what + ' ' if what else ''}key(s) {', '.join(map(str, unknown))}; "
+                          f"known: {', '.join(sorted(known))}")
     return cls(**{k: _coerce(k, hints[k], v, where) for k, v in values.items()})
 
 
@@ -123,7 +368,7 @@ def load_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise BeerayError(f"{path}: not valid YAML: {exc}") from None
+        raise BeerayError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise BeerayError(f"{path}: expected a mapping of keys to values at the top level")
     return data
@@ -144,11 +389,27 @@ def train_config(path: str | None = None, overrides: dict | None = None) -> Trai
     values = load_yaml(path) if path else {}
     values = dict(values.get("train", values))  # a tune config nests the training part under `train:`
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return from_dict(TrainConfig, values, str(path or "command line")).validate()
+    where = str(path or "command line")
+    return from_dict(TrainConfig, values, where).validate(where)
+
+
+def parse_tune_config(values: dict, where: str) -> TuneConfig:
+    return TuneConfig.parse(values, where)
+
+
+def load_tune_config(path: str | Path, out: str | None = None) -> TuneConfig:
+    cfg = TuneConfig.parse(load_yaml(path), str(path))
+    if out:
+        cfg.train.out = out
+    # Trials run in Ray's session directory: every path they get must be absolute.
+    cfg.train.data = str(Path(cfg.train.data).expanduser().resolve())
+    cfg.train.out = str(Path(cfg.train.out).expanduser().resolve())
+    return cfg
 
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-__all__ = ["TrainConfig", "train_config", "from_dict", "load_yaml", "parse_overrides", "to_dict"]
+__all__ = ["TrainConfig", "SearchSpec", "SchedulerConfig", "SearchConfig", "TuneConfig", "train_config",
+           "parse_tune_config", "load_tune_config", "from_dict", "load_yaml", "parse_overrides", "to_dict"]

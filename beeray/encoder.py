@@ -28,7 +28,7 @@ class TokenizedCatalog:
     """Token ids of the training catalog's texts, truncated to max_seq_length, stored flat.
 
     Row r holds the text of item `items[r]` (an index into the prepared data's items). The
-    training catalog is exactly the items of the interaction file a run trains on (method.md
+    training catalog is exactly the items of the interaction file a run trains on (docs/method.md
     §2.1), so validation and test cold items are never tokenized here; the step and the sampler
     only ever see row numbers of this catalog.
     """

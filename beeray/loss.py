@@ -1,4 +1,4 @@
-"""The ELSA decoder and the normalised-MSE loss of beeFormer (method.md §2.3)."""
+"""The ELSA decoder and the normalised-MSE loss of beeFormer (docs/method.md §2.3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Which items one training step looks at: the batch's positives plus uniform negatives (method.md §2.1)."""
+"""Which items one training step looks at: the batch's positives plus uniform negatives (docs/method.md §2.1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One beeFormer optimizer step, as a plain function (method.md §2, distributed per §3).
+"""One beeFormer optimizer step, as a plain function (docs/method.md §2, distributed per §3).
 
 Read it top to bottom: choose the items, pass 1 (encode without grad), loss and dL/dA
 (the gradient checkpoint), pass 2 (re-encode with grad, chunk by chunk), one update.

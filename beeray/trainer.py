@@ -158,13 +158,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, baseline: bool = True) -> T
     # On a cluster the driver sits on the (CPU) head node: evaluate where the workers' devices are.
     gpus = cfg.gpus_per_worker if cfg.use_gpu else 0
     task = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=gpus)(final_metrics)
-    metrics = ray.get(task.remote(cfg, data.root, model_dir, baseline=baseline))
+    metrics = ray.get(task.remote(cfg, data, model_dir, baseline=baseline))
     artifacts.write_json(out / "metrics.json", {"config": to_dict(cfg), "data": data.stats, **metrics})
     artifacts.model_card(model_dir, to_dict(cfg), data.stats, metrics)
     return TrainOutput(out=out, model_dir=model_dir, history=state.history, metrics=metrics)
 
 
-def final_metrics(cfg: TrainConfig, data_dir: Path, model_dir: Path, baseline: bool) -> dict:
+def final_metrics(cfg: TrainConfig, data: PreparedData, model_dir: Path, baseline: bool) -> dict:
     """Validation and test metrics of the trained model, and of the base model for comparison.
 
     Test items are touched here only, never during training or model selection.
@@ -172,7 +172,6 @@ def final_metrics(cfg: TrainConfig, data_dir: Path, model_dir: Path, baseline: b
     from beeray.evaluate import evaluate
     from beeray.models import load_model
 
-    data = PreparedData.load(data_dir)
     splits = ["val", "test"] if cfg.evaluate_test else ["val"]
     models = {"trained": str(model_dir)}
     if baseline:

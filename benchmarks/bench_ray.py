@@ -8,7 +8,7 @@ Ray Data shards, TorchTrainer) is left out on purpose: its start-up costs tens o
 
 Same global batch and m for every configuration: items mode splits the global batch of B users
 over the W workers (B/W each) and shares one I_b; data mode gives each worker B/W users and its
-own I_b of size m (method.md §3). Each worker gets 1 CPU thread. Timed steps are bracketed by
+own I_b of size m (docs/method.md §3). Each worker gets 1 CPU thread. Timed steps are bracketed by
 barriers, so a step's time is the slowest worker's. Configurations run one after the other
 within one invocation, in rounds (W1, W2-items, W2-data, then again when --rounds > 1), so they
 see the same machine load. Prints a table and writes benchmarks/results/ray.json.
@@ -50,30 +50,26 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, mode: str, args: dict, out_path: str) -> None:
-    from beeray.data.prepared import PreparedData
-    from beeray.distributed import Comm
-    from beeray.encoder import TokenizedCatalog
-    from beeray.models import load_model
+    import pyarrow.parquet as pq
+
+    from beeray.config import TrainConfig
     from beeray.step import train_step
+    from beeray.train_loop import Recipe
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     cuda = args["device"] == "cuda"
     device = torch.device(f"cuda:{rank}") if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    torch.set_num_threads(args["threads"])
     dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
-    comm = Comm()
-
-    import pyarrow.parquet as pq
-
-    data = PreparedData.load(args["data"])
+    # The worker's set-up is the trainer's own: model, training catalog, optimizer, Comm.
+    cfg = TrainConfig(data=args["data"], model=args["model"], lr=1e-5, max_seq_length=args["msl"],
+                      encode_batch_size=args["chunk"], parallel=mode, num_workers=world,
+                      cpus_per_worker=args["threads"], amp="off")
+    recipe = Recipe.setup(cfg, rank, world, device)
+    model, optimizer, catalog, comm = recipe.model, recipe.optimizer, recipe.catalog, recipe.comm
     rows = pq.read_table(Path(args["data"]) / "train.parquet", columns=["items"]).column("items").to_pylist()
-    users = [np.asarray(r, dtype=np.int64) for r in rows]
-    model = load_model(args["model"], device=str(device))
-    model.max_seq_length = args["msl"]
-    catalog = TokenizedCatalog.build(model, data.texts, args["msl"])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    users = [catalog.rows(np.asarray(r, dtype=np.int64)) for r in rows]
 
     # The same global batches in every configuration; worker r holds users r, r+W, ...
     rng = np.random.default_rng(SEED)
@@ -145,7 +141,7 @@ def main(argv=None) -> int:
     if not (Path(a.data) / "stats.json").is_file():
         from beeray.data.prepare import prepare
 
-        prepare("movielens", a.data, input=SHARED / "ml-latest-small")
+        prepare("movielens", a.data, source=SHARED / "ml-latest-small")
     device = a.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() and torch.cuda.device_count() >= 2 else "cpu"

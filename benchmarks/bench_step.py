@@ -78,7 +78,7 @@ def ensure_prepared(kind: str, raw: Path, out: Path) -> Path:
         from beeray.data.prepare import prepare
 
         print(f"preparing {kind} from {raw} -> {out}", flush=True)
-        prepare(kind, out, input=raw)
+        prepare(kind, out, source=raw)
     return out
 
 

@@ -1,12 +1,9 @@
 import os
-from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
@@ -19,19 +16,15 @@ def tiny_model_dir(tmp_path_factory):
     return root / "st"
 
 
-@pytest.fixture(scope="session")
-def shared_data():
-    if not SHARED_DATA.exists():
-        pytest.skip(f"{SHARED_DATA} not present")
-    return SHARED_DATA
-
-
 @pytest.fixture(scope="module")
 def ray_session():
-    """One local Ray per test module: Ray start-up costs seconds, so modules share it."""
+    """One local Ray per test module (start-up costs seconds), started the way `beeray` starts it:
+    dashboard on localhost, which Ray Train's state queries and placement-group cleanup need."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    from beeray.trainer import init_ray
+
+    init_ray(None, num_cpus=2)
     yield
     ray.shutdown()
 

@@ -2,16 +2,41 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 from pathlib import Path
 
 import numpy as np
-import torch
 import pyarrow.parquet as pq
+import pytest
 import scipy.sparse as sp
+import torch
 
 from beeray.data.prepared import PreparedData, lists_to_csr
 from beeray.models import DEFAULT_MODEL, resolve_model
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def needs_shared(*names: str):
+    """For tests that read real data from ../shared/data/<name>.
+
+    Where a folder is missing the test is skipped with a reason that names it, except under CI
+    (CI or BEERAY_REQUIRE_SHARED_DATA set), where a missing folder fails the test: CI must run them.
+    """
+    def decorate(test):
+        @functools.wraps(test)
+        def run(*args, **kwargs):
+            missing = [str(SHARED_DATA / n) for n in names if not (SHARED_DATA / n).is_dir()]
+            if missing:
+                msg = f"real data not found: {', '.join(missing)} (../shared must sit beside the repository)"
+                if os.environ.get("CI") or os.environ.get("BEERAY_REQUIRE_SHARED_DATA"):
+                    pytest.fail(msg)
+                pytest.skip(msg)
+            return test(*args, **kwargs)
+        return run
+    return decorate
 
 
 def tiny_model(path: str | Path, *, hidden: int = 32, layers: int = 2, dropout: float = 0.1, seed: int = 0):

@@ -8,13 +8,11 @@ import json
 import pytest
 
 from beeray.cli import main
+from beeray.data.prepared import PreparedData
 from beeray.evaluate import evaluate
 from beeray.models import load_model
 from tests.helpers import tiny_model
 from tests.test_evaluate import write_prepared
-
-pytest.importorskip("beeray.data.prepared")
-from beeray.data.prepared import PreparedData  # noqa: E402
 
 FAST = ["--bootstrap", "100", "--batch-size", "16", "--device", "cpu"]
 METRICS = ("recall@20", "recall@50", "ndcg@100")

@@ -13,8 +13,8 @@ from beeray.data.loaders import (GenericColumns, load_amazon_books, load_amazon_
 from beeray.data.preprocess import combine, preprocess
 from beeray.errors import BeerayError
 
-DATA = Path(__file__).parents[1].parent / "shared" / "data"
-needs = lambda name: pytest.mark.skipif(not (DATA / name).is_dir(), reason=f"{name} not available")  # noqa: E731
+from tests.helpers import SHARED_DATA as DATA
+from tests.helpers import needs_shared as needs
 
 
 @needs("ml-latest-small")

@@ -280,3 +280,22 @@ def test_evaluate_real_encoder(tmp_path, tiny):
     for m in ("recall@20", "recall@50", "ndcg@100"):
         assert res[m] == pytest.approx(ref[m], rel=1e-6)
         assert res["stderr"][m] == pytest.approx(ref["stderr"][m], rel=1e-6)
+
+
+def test_user_batches_shrink_with_many_candidates(monkeypatch):
+    """Memory is bounded by users x candidates per batch: with many candidates the evaluator scores
+    fewer users at once, and the result does not change."""
+    import beeray.evaluate as ev
+
+    emb, split = random_split(120, 60, None, seed=3)
+    want = score_split(CBFScorer(emb), split, bootstrap=20)
+    seen = []
+
+    class Spy(CBFScorer):
+        def scores(self, source, candidates):
+            seen.append(source.shape[0])
+            return super().scores(source, candidates)
+
+    monkeypatch.setattr(ev, "MAX_BLOCK", 60 * 7)  # 7 users x 60 candidates
+    assert score_split(Spy(emb), split, bootstrap=20) == want
+    assert max(seen) == 7 and sum(seen) == want["users"]

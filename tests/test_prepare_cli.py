@@ -12,8 +12,8 @@ import pytest
 import beeray.data.prepare as prep
 from beeray.cli import main
 
-DATA = Path(__file__).parents[1].parent / "shared" / "data"
-needs = lambda name: pytest.mark.skipif(not (DATA / name).is_dir(), reason=f"{name} not available")  # noqa: E731
+from tests.helpers import SHARED_DATA as DATA
+from tests.helpers import needs_shared as needs
 
 
 def _fail(capsys, argv: list[str], *patterns: str) -> str:
@@ -156,7 +156,7 @@ def test_atomic_write_on_failure(tmp_path, monkeypatch):
     def boom(path, doc):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(prep, "_write_json", boom)
+    monkeypatch.setattr(prep, "write_json", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         main(["prepare", "--out", str(tmp_path / "syn")])
     assert list(tmp_path.iterdir()) == []

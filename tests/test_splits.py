@@ -1,4 +1,4 @@
-"""Split protocol (method.md §4, §5) and the prepared folder's reader."""
+"""Split protocol (docs/method.md §4, §5) and the prepared folder's reader."""
 
 from __future__ import annotations
 

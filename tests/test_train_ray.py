@@ -42,8 +42,9 @@ def test_train_cli_writes_artifacts_and_learns(ray_session, shop, tiny_model_dir
     # The random tiny encoder knows nothing; two epochs of beeFormer must beat it clearly.
     assert metrics["trained"]["val"]["ndcg@100"] > metrics["base"]["val"]["ndcg@100"] + 0.05
     history = pd.read_csv(out / "history.csv")
-    assert list(history["epoch"]) == [1, 2]
-    assert history["loss"].iloc[-1] < history["loss"].iloc[0]
+    assert list(history["epoch"]) == [0, 1, 2]  # epoch 0: the base model's validation
+    assert np.isnan(history["loss"].iloc[0]) and history["loss"].iloc[-1] < history["loss"].iloc[1]
+    assert history["val_ndcg@100"].iloc[0] == pytest.approx(metrics["base"]["val"]["ndcg@100"], rel=1e-6)
     assert (out / "history.png").stat().st_size > 1000
     assert "trained / test" in capsys.readouterr().out
 
@@ -140,8 +141,9 @@ def test_crash_resume_equals_uninterrupted_run(ray_session, shop, tiny_model_dir
     resumed = train(crashed, resume=True, baseline=False)
     for a, b in zip(_params(ref.model_dir), _params(resumed.model_dir)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    assert [h["epoch"] for h in resumed.history] == [1, 2]
-    np.testing.assert_allclose([h["loss"] for h in resumed.history], [h["loss"] for h in ref.history], rtol=1e-5)
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
+    np.testing.assert_allclose([h["loss"] for h in resumed.history[1:]], [h["loss"] for h in ref.history[1:]],
+                               rtol=1e-5)
 
     # FailureConfig: the worker group restarts by itself from the newest checkpoint.
     auto = train(_cfg(shop, tiny_model_dir, tmp_path / "auto", checkpoint_every=3, crash_at_step=5,

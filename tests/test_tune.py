@@ -11,102 +11,16 @@ import yaml
 
 from beeray.cli import main
 from beeray.errors import BeerayError
-from beeray.tune import parse_tune_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHOP_YAML = REPO / "experiments" / "tune-shop-cpu.yaml"
 
 
-def _raw(**search):
-    raw = yaml.safe_load(SHOP_YAML.read_text())
-    raw["train"]["data"] = "/nonexistent/prepared"
-    raw["search"].update(search)
-    return raw
-
-
-# ---------------------------------------------------------------- fast: parsing and bad input
-
-def test_experiment_configs_parse():
-    for name in ("tune-shop-cpu", "tune-ml-small-cpu", "tune-goodbooks"):
-        cfg = parse_tune_config(yaml.safe_load((REPO / "experiments" / f"{name}.yaml").read_text()), name)
-        names = [s.name for s in cfg.space]
-        assert "lr" in names and cfg.metric == "val_ndcg@100" and cfg.scheduler.type == "asha"
-        lr = next(s for s in cfg.space if s.name == "lr")
-        assert lr.type == "loguniform" and 0 < lr.low < lr.high  # "1.0e-5" read as a number, never evaluated
-    gb = parse_tune_config(yaml.safe_load((REPO / "experiments" / "tune-goodbooks.yaml").read_text()), "gb")
-    assert gb.train.num_workers == 4 and gb.train.use_gpu and gb.train.batch_size == 1024
-    assert {256, 384} == set(next(s for s in gb.space if s.name == "max_seq_length").values)
-
-
-def test_space_types_and_trial_config():
-    from beeray.tune import trial_config
-
-    cfg = parse_tune_config(_raw(space={"lr": {"type": "uniform", "low": "1e-5", "high": 0.01},
-                                        "m": {"type": "choice", "values": [64, 128]},
-                                        "epochs": {"type": "randint", "low": 1, "high": 3}},
-                                 scheduler="none"), "t")
-    assert [s.type for s in cfg.space] == ["uniform", "choice", "randint"]
-    assert cfg.max_epochs == 2 and cfg.scheduler.type == "none"
-    # A trial never sees the test split and never trains on the validation items, whatever the base says.
-    cfg.train.evaluate_test, cfg.train.full_train = True, True
-    trial = trial_config(cfg.train, {"lr": 0.001, "m": 64, "epochs": 2})
-    assert (trial.evaluate_test, trial.full_train, trial.lr, trial.m, trial.epochs) == (False, False, 0.001, 64, 2)
-
-
-@pytest.mark.parametrize("search, message", [
-    ({"space": {}}, "search.space is empty"),
-    ({"space": None}, "search.space is empty"),
-    ({"space": {"lr": {"type": "loguniform", "low": 1e-3, "high": 1e-5}}}, "low (0.001) must be < high"),
-    ({"space": {"lr": {"type": "loguniform", "low": 1e-3, "high": 1e-3}}}, "must be < high"),
-    ({"space": {"epochs": {"type": "randint", "low": 3, "high": 3}}}, "high is exclusive"),
-    ({"space": {"lr": {"type": "loguniform", "low": 0, "high": 1e-3}}}, "loguniform needs low > 0"),
-    ({"space": {"m": {"type": "choice", "values": []}}}, "non-empty list"),
-    ({"space": {"m": {"type": "choice", "values": [64, 64]}}}, "repeat"),
-    ({"space": {"m": {"type": "choice", "values": [64, "many"]}}}, "m must be int"),
-    ({"space": {"lr": {"type": "normal", "low": 0, "high": 1}}}, "unknown type 'normal'"),
-    ({"space": {"lr": {"low": 0, "high": 1}}}, "unknown type None"),
-    ({"space": {"learning_rate": {"type": "uniform", "low": 0.1, "high": 1}}}, "'learning_rate' is not a training config key"),
-    ({"space": {"data": {"type": "choice", "values": ["a", "b"]}}}, "cannot be searched"),
-    ({"space": {"evaluate_test": {"type": "choice", "values": [True, False]}}}, "cannot be searched"),
-    ({"space": {"m": {"type": "uniform", "low": 10, "high": 20}}}, "use randint or choice"),
-    ({"space": {"lr": {"type": "uniform", "low": "abc", "high": 1}}}, "expected a number"),
-    ({"space": {"lr": {"type": "uniform", "low": -1, "high": 1}}}, "lr must be > 0"),
-    ({"space": {"lr": {"type": "uniform", "low": 0.1, "high": 1, "step": 2}}}, "unexpected key(s) step"),
-    ({"metric": "test_ndcg@100"}, "not a reported validation metric"),
-    ({"metric": "val_ndcg@10"}, "not a reported validation metric"),
-    ({"num_samples": 0}, "num_samples must be >= 1"),
-    ({"num_samples": -3}, "num_samples must be >= 1"),
-    ({"max_concurrent_trials": 0}, "max_concurrent_trials must be >= 1"),
-    ({"mode": "maximum"}, "mode must be max or min"),
-    ({"scheduler": {"type": "pbt"}}, "scheduler.type must be asha or none"),
-    ({"scheduler": {"type": "asha", "reduction_factor": 1}}, "reduction_factor >= 2"),
-    ({"samples": 4}, "unknown search key(s) samples"),
-])
-def test_bad_search_config(search, message):
-    with pytest.raises(BeerayError) as err:
-        parse_tune_config(_raw(**search), "bad.yaml")
-    assert message in str(err.value)
-    assert "bad.yaml" in str(err.value) and "\n" not in str(err.value)
-
-
-def test_missing_sections_and_bad_train_keys():
-    raw = _raw()
-    del raw["search"]
-    with pytest.raises(BeerayError, match="missing `search:`"):
-        parse_tune_config(raw, "x.yaml")
-    raw = _raw()
-    raw["train"]["batch_sise"] = 3
-    with pytest.raises(BeerayError, match="unknown key"):
-        parse_tune_config(raw, "x.yaml")
-    raw = _raw()
-    raw["extra"] = {}
-    with pytest.raises(BeerayError, match="unknown top-level"):
-        parse_tune_config(raw, "x.yaml")
-
-
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(_raw(space={})))
+    raw = yaml.safe_load(SHOP_YAML.read_text())
+    raw["search"]["space"] = {}
+    bad.write_text(yaml.safe_dump(raw))
     assert main(["tune", "--config", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("beeray tune: error:") and "search.space is empty" in err and "\n" not in err
@@ -120,11 +34,11 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
 
 # ---------------------------------------------------------------- slow: real searches on Ray
 
-def _shop_config(shop, model, out, **search):
-    from beeray.tune import load_tune_config
+def _shop_config(shop, model, out, train=None, **search):
+    from beeray.config import load_tune_config
 
     raw = yaml.safe_load(SHOP_YAML.read_text())
-    raw["train"].update(data=str(shop), model=str(model), out=str(out))
+    raw["train"].update(data=str(shop), model=str(model), out=str(out), **(train or {}))
     # The tiny random encoder needs a larger lr than MiniLM to learn in a few steps.
     raw["search"]["space"]["lr"] = {"type": "loguniform", "low": 3e-4, "high": 3e-3}
     raw["search"]["space"]["epochs"] = {"type": "randint", "low": 1, "high": 3}
@@ -135,9 +49,12 @@ def _shop_config(shop, model, out, **search):
 
 
 class _StopAfter:
-    """A Tune callback that presses Ctrl-C once `n` trials finished: an interrupted search."""
+    """A Tune callback that presses Ctrl-C once `n` trials finished: an interrupted search.
 
-    def __new__(cls, n):
+    Tune restores an experiment's callbacks with it, so it fires once only (`fired` is a file).
+    """
+
+    def __new__(cls, n, fired):
         import os
         import signal
 
@@ -149,7 +66,8 @@ class _StopAfter:
 
             def on_trial_complete(self, iteration, trials, trial, **info):
                 self.finished[trial.trial_id] = dict(trial.last_result)
-                if len(self.finished) == n:
+                if len(self.finished) == n and not fired.exists():
+                    fired.touch()
                     os.kill(os.getpid(), signal.SIGINT)  # Tune saves its state and stops
 
         return StopAfter()
@@ -162,10 +80,12 @@ def test_search_interrupted_resumed_then_best_retrained_and_tested_once(
     from beeray.tune import run_search, tune
 
     out = tmp_path / "tune"
-    cfg = _shop_config(shop, tiny_model_dir, out, num_samples=4, max_concurrent_trials=2)
+    # Mid-epoch checkpoints too (9 steps per epoch): their reports must look like every other one.
+    cfg = _shop_config(shop, tiny_model_dir, out, train={"checkpoint_every": 4}, num_samples=4,
+                       max_concurrent_trials=2)
 
     # 1) An interrupted search: the experiment breaks once two trials have finished.
-    stop = _StopAfter(2)
+    stop = _StopAfter(2, tmp_path / "stopped")
     with pytest.raises(BeerayError, match="interrupted .* continue it with --resume"):
         run_search(cfg, callbacks=[stop])
     finished = stop.finished
@@ -199,10 +119,19 @@ def test_search_interrupted_resumed_then_best_retrained_and_tested_once(
         assert (out / png).stat().st_size > 1000
 
     # Trials: validation only, training split only. No reported metric mentions the test split.
+    # Every report (epoch 0 = the base model, mid-epoch checkpoints, epoch ends) carries the
+    # search metric and `epoch` = epochs completed, never decreasing.
+    mid_epoch = 0
     for result_json in (out / "ray" / "tune").glob("*/result.json"):
-        for line in result_json.read_text().splitlines():
-            keys = json.loads(line).keys()
-            assert not [k for k in keys if k.startswith("test")], keys
+        reports = [json.loads(line) for line in result_json.read_text().splitlines()]
+        for report in reports:
+            assert not [k for k in report if k.startswith("test")], report.keys()
+            assert report["val_ndcg@100"] is not None and isinstance(report["epoch"], int)
+            mid_epoch += not report["epoch_end"]
+        assert reports[0]["epoch"] == 0 and reports[0]["epoch_end"]
+        epochs = [r["epoch"] for r in reports]
+        assert epochs == sorted(epochs) and epochs[-1] == sum(r["epoch_end"] for r in reports) - 1
+    assert mid_epoch > 0
     states = list((out / "ray" / "trials").glob("trial-*/checkpoint_*/state.json"))
     assert {p.parts[-3].removeprefix("trial-") for p in states} == set(rows)
     for state in states:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from beeray.commands.evaluate import (
-    METRIC_NAMES, add_common_args, evaluate_models, fmt, load_data, print_table, write_csv, write_json,
-)
+from beeray import artifacts
+from beeray.commands import add_eval_options, eval_kwargs
+from beeray.evaluate import METRICS
 from beeray.models import DEFAULT_MODEL
 
 
@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", required=True, action="append", type=Path, metavar="DIR",
                    help="prepared folder; repeat for several datasets")
-    add_common_args(p)
+    add_eval_options(p)
     p.add_argument("--split", choices=["val", "test"], default="test", help="which split (default: test)")
     p.add_argument("--out", type=Path, help="table file: .csv, or JSON for any other suffix")
     p.set_defaults(func=run)
@@ -44,7 +44,7 @@ def table_rows(results: dict[str, dict], labels: list[str]) -> list[dict]:
         row: dict = {"model": model}
         for label in labels:
             res = per_data[label]
-            for m in METRIC_NAMES:
+            for m in METRICS:
                 row[f"{label}/{m}"] = res[m]
                 row[f"{label}/{m}_stderr"] = res["stderr"][m]
             row[f"{label}/users"] = res["users"]
@@ -53,24 +53,28 @@ def table_rows(results: dict[str, dict], labels: list[str]) -> list[dict]:
 
 
 def run(args) -> int:
+    from beeray.data.prepared import PreparedData
+    from beeray.evaluate import evaluate_models
+
     # open every folder before loading any model so a typo fails fast
-    loaded = [load_data(p) for p in args.data]
+    loaded = [PreparedData.load(p) for p in args.data]
     labels = dataset_labels(args.data, loaded)
     datasets = dict(zip(labels, loaded))
     models = list(dict.fromkeys(args.model or [DEFAULT_MODEL]))
-    results = evaluate_models(models, datasets, args.split, args)
+    results = evaluate_models(models, datasets, args.split, device=args.device, **eval_kwargs(args))
 
     print(f"\n{args.split} split")
-    header = ["model", *(f"{lab} {m}" for lab in labels for m in METRIC_NAMES)]
-    print_table(header, [[model, *(fmt(per[lab], m) for lab in labels for m in METRIC_NAMES)]
-                         for model, per in results.items()])
+    header = ["model", *(f"{lab} {m}" for lab in labels for m in METRICS)]
+    print(artifacts.text_table(header, [[model, *(artifacts.fmt(per[lab], m) for lab in labels for m in METRICS)]
+                                        for model, per in results.items()]))
     print("users: " + ", ".join(f"{lab}={results[models[0]][lab]['users']}" for lab in labels))
 
     if args.out:
         if args.out.suffix.lower() == ".csv":
-            write_csv(args.out, table_rows(results, labels))
+            artifacts.write_csv(args.out, table_rows(results, labels))
         else:
-            write_json(args.out, {"split": args.split, "datasets": {lab: str(d.root) for lab, d in datasets.items()},
-                                  "results": results})
+            artifacts.write_json(args.out, {"split": args.split,
+                                            "datasets": {lab: str(d.root) for lab, d in datasets.items()},
+                                            "results": results})
         print(f"wrote {args.out}")
     return 0

@@ -22,7 +22,7 @@ datasets and their --input:
   synthetic     a generated shop of product bundles (the default; needs no --input)
   goodlens      several datasets in one catalog: --input KIND=PATH, repeated
 
-preprocessing (method.md §1): rating >= --min-rating is an interaction (no rating column: all
+preprocessing (docs/method.md §1): rating >= --min-rating is an interaction (no rating column: all
 are), items without text dropped, (user, item) deduplicated, users with fewer than
 --min-user-interactions dropped. Splits: see docs/data.md.
 

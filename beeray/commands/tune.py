@@ -37,20 +37,22 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from beeray.artifacts import metrics_table
-    from beeray.tune import load_tune_config, results_frame, tune
+    from beeray.artifacts import metrics_table, results_frame
+    from beeray.config import load_tune_config
+    from beeray.tune import tune
 
     cfg = load_tune_config(args.config, args.out)
     result = tune(cfg, resume=args.resume, baseline=args.baseline)
+    metric = cfg.search.metric
     table = results_frame(result.rows, cfg)
-    cols = ["trial_id", *[s.name for s in cfg.space], f"best_{cfg.metric}", "best_epoch", "epochs_run",
+    cols = ["trial_id", *[s.name for s in cfg.space], f"best_{metric}", "best_epoch", "epochs_run",
             "status", "time_s"]
     print()
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     failed = [r for r in result.rows if r.status == "ERROR"]
     for r in failed:
         print(f"failed trial {r.trial_id}: {r.error}")
-    print(f"\nbest trial {result.best.trial_id}: {cfg.metric} {result.best.best:.4f} at epoch "
+    print(f"\nbest trial {result.best.trial_id}: {metric} {result.best.best:.4f} at epoch "
           f"{result.best.best_epoch} with {result.best.config}")
     rows = {f"{who} / {split}": res for who, per in result.final_metrics.items() for split, res in per.items()}
     print()

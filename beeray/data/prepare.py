@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
 import uuid
@@ -23,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from beeray import __version__
+from beeray.artifacts import swap_dir, write_json
 from beeray.data.loaders import DATASETS, GenericColumns, RawDataset, load_dataset
 from beeray.data.preprocess import Processed, combine, preprocess
 from beeray.data.splits import Split, item_split, time_split
@@ -139,12 +139,6 @@ def _write_users(path: Path, data: Processed) -> None:
     pq.write_table(pa.table(cols), path)
 
 
-def _write_json(path: Path, doc: dict) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh, indent=1)
-        fh.write("\n")
-
-
 def write_prepared(tmp: Path, data: Processed, split: Split, stats: dict) -> None:
     """Write every file of the prepared folder into `tmp` (which must exist and be empty)."""
     _write_items(tmp / "items.parquet", data)
@@ -153,9 +147,9 @@ def write_prepared(tmp: Path, data: Processed, split: Split, stats: dict) -> Non
     _write_lists(tmp / "train_full.parquet", split.train_full, ("items",))
     _write_lists(tmp / "val.parquet", split.val.frame, ("source", "target"))
     _write_lists(tmp / "test.parquet", split.test.frame, ("source", "target"))
-    _write_json(tmp / "split.json", split.to_json())
+    write_json(tmp / "split.json", split.to_json())
     # stats.json last: its presence marks a complete folder.
-    _write_json(tmp / "stats.json", stats)
+    write_json(tmp / "stats.json", stats)
 
 
 def _existing_fingerprint(out: Path) -> str | None:
@@ -174,17 +168,6 @@ def _existing_fingerprint(out: Path) -> str | None:
         return str(json.loads(stats.read_text(encoding="utf-8")).get("fingerprint", ""))
     except json.JSONDecodeError:
         return ""
-
-
-def _commit(tmp: Path, out: Path) -> None:
-    """Move the finished temp folder into place, replacing an old prepared set if there is one."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 # ---------------------------------------------------------------- the pipeline
@@ -206,7 +189,7 @@ def build_stats(dataset: str, data: Processed, split: Split, fp: str, options: P
     return stats
 
 
-def _load(dataset: str, input: Path | None, items: Path | None, inputs: dict[str, Path] | None,
+def _load(dataset: str, source: Path | None, items: Path | None, inputs: dict[str, Path] | None,
           columns: GenericColumns | None, synthetic_seed: int) -> RawDataset:
     if dataset == "goodlens":
         if not inputs:
@@ -220,10 +203,10 @@ def _load(dataset: str, input: Path | None, items: Path | None, inputs: dict[str
                                   f"(use one of {', '.join(DATASETS)})")
             raws[name] = load_dataset(kind, path, None, columns, seed=synthetic_seed)
         return combine(raws)
-    return load_dataset(dataset, input, items, columns, seed=synthetic_seed)
+    return load_dataset(dataset, source, items, columns, seed=synthetic_seed)
 
 
-def prepare(dataset: str, out: str | Path, input: str | Path | None = None, items: str | Path | None = None,
+def prepare(dataset: str, out: str | Path, source: str | Path | None = None, items: str | Path | None = None,
             *, inputs: dict[str, str | Path] | None = None, options: PrepareOptions = PrepareOptions(),
             columns: GenericColumns | None = None, force: bool = False, synthetic_seed: int = 0,
             quiet: bool = False) -> PrepareResult:
@@ -235,7 +218,7 @@ def prepare(dataset: str, out: str | Path, input: str | Path | None = None, item
     out = Path(out).expanduser()
     in_paths: dict[str, Path | None] = (
         {f"input:{k}": Path(v) for k, v in (inputs or {}).items()} if dataset == "goodlens"
-        else {"input": Path(input) if input else None, "items": Path(items) if items else None})
+        else {"input": Path(source) if source else None, "items": Path(items) if items else None})
     for key, p in in_paths.items():
         if p is not None and not p.expanduser().exists():
             raise BeerayError(f"{p}: --{key.split(':')[0]} path not found")
@@ -248,7 +231,7 @@ def prepare(dataset: str, out: str | Path, input: str | Path | None = None, item
         raise BeerayError(f"{out}: holds a different prepared set (fingerprint {existing or '?'}, "
                           f"this one {fp}); use --force to overwrite or choose another --out")
 
-    raw = _load(dataset, Path(input) if input else None, Path(items) if items else None,
+    raw = _load(dataset, Path(source) if source else None, Path(items) if items else None,
                 {k: Path(v) for k, v in (inputs or {}).items()}, columns, synthetic_seed)
     data = preprocess(raw, options.min_rating, options.min_user_interactions)
     if options.split == "item":
@@ -256,7 +239,7 @@ def prepare(dataset: str, out: str | Path, input: str | Path | None = None, item
         split = item_split(data, options.val_items, options.test_items, options.seed, groups=groups)
     else:
         split = time_split(data, options.val_frac, options.test_frac)
-    stats = build_stats(dataset if dataset != "goodlens" else "goodlens", data, split, fp, options, in_paths)
+    stats = build_stats(dataset, data, split, fp, options, in_paths)
     for w in data.warnings:
         if not quiet:
             print(f"beeray prepare: warning: {w}", file=sys.stderr)
@@ -266,7 +249,7 @@ def prepare(dataset: str, out: str | Path, input: str | Path | None = None, item
     tmp.mkdir()
     try:
         write_prepared(tmp, data, split, stats)
-        _commit(tmp, out)
+        swap_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

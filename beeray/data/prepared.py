@@ -77,7 +77,7 @@ class PreparedData:
         return self.root / ("train_full.parquet" if full else "train.parquet")
 
     def train_items(self, full: bool = False) -> np.ndarray:
-        """The training catalog (method.md §2.1): sorted indices of the items that have an interaction
+        """The training catalog (docs/method.md §2.1): sorted indices of the items that have an interaction
         in the file a run trains on. Warm items for `train`; warm + validation cold items for
         `train_full`; never a test cold item."""
         table = pq.read_table(self.train_path(full), columns=["items"])

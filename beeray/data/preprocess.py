@@ -1,4 +1,4 @@
-"""The paper's preprocessing (method.md §1) and multi-dataset combination ("goodlens").
+"""The paper's preprocessing (docs/method.md §1) and multi-dataset combination ("goodlens").
 
 One pass, in this order: keep ratings >= threshold, drop interactions on items without a text,
 dedupe (user, item), keep users with >= min interactions. The pass is not iterated to a fixed
@@ -54,7 +54,7 @@ class Processed:
 
 
 def preprocess(raw: RawDataset, min_rating: float | None = 4.0, min_user_interactions: int = 5) -> Processed:
-    """Apply method.md §1 to a raw dataset; BeerayError when nothing survives."""
+    """Apply docs/method.md §1 to a raw dataset; BeerayError when nothing survives."""
     inter = raw.interactions
     dropped = dict(raw.dropped)
     if raw.has_ratings and min_rating is not None:

@@ -1,4 +1,4 @@
-"""Evaluation splits (method.md §4 item split, §5 time split) over preprocessed interactions.
+"""Evaluation splits (docs/method.md §4 item split, §5 time split) over preprocessed interactions.
 
 Both return a `Split`: cold/candidate items, training lists (`train`, `train_full`) and the
 val/test (source, target) lists, all as item indices. Nothing here touches the disk.

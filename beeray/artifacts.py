@@ -112,19 +112,47 @@ def text_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def metrics_table(rows: dict[str, dict]) -> str:
-    """One row per named result (model / split), metric columns with ± stderr, and the user count."""
-    return text_table(["", *METRICS, "users"],
-                      [[name, *(fmt(res, m) for m in METRICS), res.get("users", "")] for name, res in rows.items()])
+POPULARITY_COLUMNS = {"recall@20_head": "R@20 head", "recall@20_middle": "mid", "recall@20_tail": "tail",
+                      "popularity_percentile@20": "pop %ile@20"}
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.3f}" if value <= 1 else f"{value:.1f}"
+
+
+def metrics_table(rows: dict[str, dict], oracle: dict | None = None) -> str:
+    """One row per named result: metrics ± stderr, users, and how the top 20 uses popularity (recall@20 on
+    the head / middle / tail thirds of the candidates' targets, mean popularity percentile). `oracle`,
+    the ranking by the split's own target counts, closes the table on a separate, labelled line."""
+    header = ["", *METRICS, "users", *POPULARITY_COLUMNS.values()]
+
+    def line(name: str, res: dict) -> list:
+        return [name, *(fmt(res, m) for m in METRICS), res.get("users", ""),
+                *(_pct(res.get("popularity", {}).get(k)) for k in POPULARITY_COLUMNS)]
+
+    body = [line(name, res) for name, res in rows.items()]
+    if oracle is None:
+        return text_table(header, body)
+    lines = text_table(header, [*body, line(ORACLE_LABEL, oracle)]).splitlines()
+    return "\n".join([*lines[:-1], lines[1], lines[-1], ORACLE_NOTE])
+
+
+ORACLE_LABEL = "(popularity oracle)"
+ORACLE_NOTE = ("(popularity oracle) ranks the candidates by how often they are this split's targets: it peeks at "
+               "the answers, a ceiling for popularity-only ranking, not a model.")
 
 
 def result_row(res: dict) -> dict:
-    """One flat record of a result: identification, metrics, their stderr, user counts."""
+    """One flat record of a result: identification, metrics, their stderr, user counts, popularity columns,
+    and for a baseline its chosen parameters and seconds."""
     row = {k: res[k] for k in ("model", "data", "split") if k in res}
     row.update(users=res["users"], excluded_users=res["excluded_users"])
     for m in METRICS:
         row[m] = res[m]
         row[f"{m}_stderr"] = res["stderr"][m]
+    row.update(res.get("popularity", {}))
+    if "params" in res:
+        row.update(params=json.dumps(res["params"], sort_keys=True), fit_s=res.get("fit_s"), score_s=res.get("score_s"))
     return row
 
 

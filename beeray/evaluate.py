@@ -28,6 +28,9 @@ if TYPE_CHECKING:  # the data layer is only needed for type hints here
 
 METRICS: tuple[str, ...] = ("recall@20", "recall@50", "ndcg@100")
 VAL_METRICS: tuple[str, ...] = tuple(f"val_{m}" for m in METRICS)  # what training reports per epoch
+STRATA = ("head", "middle", "tail")  # thirds of the candidates' target interactions, most popular first
+POPULARITY_METRICS: tuple[str, ...] = (*(f"recall@20_{s}" for s in STRATA), "recall@20_micro",
+                                       "popularity_percentile@20")
 TOP_N = 100  # the largest K of any metric: nothing below rank 100 can change a result
 # Largest users x candidates score block (float64) one batch may hold: 2^23 elements = 64 MB, plus
 # about twice that in ranking temporaries. A batch has fewer users when the candidates are many.
@@ -147,6 +150,47 @@ def bootstrap_stderr(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> n
     return np.concatenate(means).std(axis=0, ddof=1)
 
 
+def popularity_strata(y_true: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Per candidate: its stratum (0 head, 1 middle, 2 tail) and its popularity percentile (0-100).
+
+    Popularity = the candidate's number of target interactions in the split. Candidates are sorted
+    from most to least popular (ties: lower index first) and cut where the running total of target
+    interactions crosses 1/3 and 2/3 of all of them: each third holds about a third of the targets.
+    """
+    from scipy.stats import rankdata
+
+    counts = np.asarray(y_true.sum(axis=0), dtype=np.float64).ravel()
+    order = np.lexsort((np.arange(counts.size), -counts))
+    before = np.cumsum(counts[order]) - counts[order]  # target interactions of more popular candidates
+    stratum = np.empty(counts.size, dtype=np.int64)
+    stratum[order] = np.minimum((3 * before / max(counts.sum(), 1)).astype(np.int64), 2)
+    # percentile: the share of the other candidates that are strictly less popular (0 = least popular)
+    percentile = (rankdata(counts, method="min") - 1) / max(counts.size - 1, 1) * 100
+    return stratum, percentile
+
+
+def popularity_report(y_true: sp.csr_matrix, top20: np.ndarray, valid: np.ndarray) -> dict:
+    """How a ranking uses popularity (reading aids, no bootstrap).
+
+    recall@20_<third>: of all target interactions with candidates of that third, the share found in
+    the users' top 20 (pooled over users); recall@20_micro: the same over all targets, which is the
+    thirds' recalls weighted by their target counts (their plain mean when the thirds hold equal
+    numbers of targets). popularity_percentile@20: mean popularity percentile of the recommended top 20.
+    """
+    stratum, percentile = popularity_strata(y_true)
+    y_true = sp.csr_matrix(y_true)
+    n_cand = y_true.shape[1]
+    target_keys = np.repeat(np.arange(y_true.shape[0]), np.diff(y_true.indptr)) * n_cand + y_true.indices
+    top_keys = np.arange(top20.shape[0])[:, None] * n_cand + top20
+    hits = np.isin(top_keys, target_keys) & valid
+    found = np.bincount(stratum[top20][hits], minlength=3)
+    targets = np.bincount(stratum[y_true.indices], minlength=3)
+    out = {f"recall@20_{name}": float(found[g] / targets[g]) if targets[g] else None for g, name in enumerate(STRATA)}
+    out["recall@20_micro"] = float(found.sum() / targets.sum()) if targets.sum() else None
+    out["popularity_percentile@20"] = float(percentile[top20][valid].mean()) if valid.any() else None
+    return out
+
+
 def score_split(
     scorer: Scorer,
     split: "EvalSplit",
@@ -175,6 +219,8 @@ def score_split(
     excluded = int(split.excluded_users) + int((~keep).sum())
     metrics = _recpack_metrics()
     per_user = np.zeros((len(rows), len(METRICS)))
+    top20 = np.zeros((len(rows), min(20, cand.size)), dtype=np.int64)
+    top20_valid = np.zeros(top20.shape, dtype=bool)
 
     batch_users = max(1, min(batch_users, MAX_BLOCK // max(cand.size, 1)))
     starts = range(0, len(rows), batch_users)
@@ -192,6 +238,8 @@ def score_split(
         # Encode the rank as a distinct positive value (TOP_N for the best) so RecPack's own
         # top-K selection reproduces this ranking exactly, including zero scores and ties.
         valid = np.isfinite(np.take_along_axis(scores, top, axis=1))
+        top20[start:start + len(batch)] = top[:, :top20.shape[1]]
+        top20_valid[start:start + len(batch)] = valid[:, :top20.shape[1]]
         rank_value = np.broadcast_to(np.arange(TOP_N, TOP_N - top.shape[1], -1, dtype=np.float64), top.shape)
         row_idx = np.broadcast_to(np.arange(len(batch))[:, None], top.shape)
         y_pred = sp.csr_matrix(
@@ -212,6 +260,7 @@ def score_split(
     result["users"] = int(n)
     result["excluded_users"] = excluded
     result["stderr"] = {name: float(errs[j]) for j, name in enumerate(METRICS)}
+    result["popularity"] = popularity_report(y_true_all[rows], top20, top20_valid)
     return result
 
 

@@ -263,7 +263,7 @@ def test_evaluate_real_encoder(tmp_path, tiny):
     data = PreparedData.load(write_prepared(tmp_path / "data"))
     res = evaluate(tiny, data, "test", batch_size=16, bootstrap=200, show_progress=False)
 
-    assert set(res) == {"recall@20", "recall@50", "ndcg@100", "users", "excluded_users", "stderr"}
+    assert set(res) == {"recall@20", "recall@50", "ndcg@100", "users", "excluded_users", "stderr", "popularity"}
     split = data.eval_split("test")
     assert res["users"] == len(split.user) > 10
     for m in ("recall@20", "recall@50", "ndcg@100"):
@@ -299,3 +299,46 @@ def test_user_batches_shrink_with_many_candidates(monkeypatch):
     monkeypatch.setattr(ev, "MAX_BLOCK", 60 * 7)  # 7 users x 60 candidates
     assert score_split(Spy(emb), split, bootstrap=20) == want
     assert max(seen) == 7 and sum(seen) == want["users"]
+
+
+# ---------------------------------------------------------------- popularity-aware reporting
+
+
+def test_popularity_thirds_and_their_recalls():
+    """Hand case: 6 candidates whose target counts are 4, 4, 4 (head ... tail by construction: each
+    third holds 4 of the 12 target interactions) and a ranking whose top 20 finds known hits."""
+    from beeray.evaluate import popularity_report, popularity_strata
+
+    # 4 users x 6 candidates: item 0 and 1 are targets of 2 users each (4 targets: head),
+    # item 2 of 4 users (4: middle), items 3..5 of 4 users together (tail), ties broken by index.
+    y = sp.csr_matrix(np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 1, 0], [0, 0, 1, 0, 0, 1], [0, 0, 1, 1, 0, 0]],
+                               dtype=np.float64))
+    stratum, percentile = popularity_strata(y)
+    # counts: 2, 2, 4, 2, 1, 1 -> order 2, 0, 1, 3, 4, 5 -> running totals 0, 4, 6, 8, 10, 11 of 12
+    assert stratum.tolist() == [1, 1, 0, 2, 2, 2]
+    assert percentile[2] == 100 and percentile[4] == percentile[5] == 0
+    top = np.tile(np.array([[2, 0, 1, 3, 4, 5]]), (4, 1))[:, :2]  # everyone gets items 2 and 0
+    rep = popularity_report(y, top, np.ones(top.shape, dtype=bool))
+    # item 2 (head): 4 of its 4 targets found; middle (items 0, 1: 4 targets): item 0 found for 2 users
+    assert rep["recall@20_head"] == 1.0 and rep["recall@20_middle"] == 0.5 and rep["recall@20_tail"] == 0.0
+    # micro = (4 + 2 + 0) / 12 = the thirds' mean here, since each third holds exactly 4 targets
+    assert rep["recall@20_micro"] == pytest.approx(0.5) == pytest.approx(np.mean([1.0, 0.5, 0.0]))
+    assert rep["popularity_percentile@20"] == pytest.approx((percentile[2] + percentile[0]) / 2)
+
+
+def test_popularity_report_of_every_result():
+    emb, split = random_split(300, 80, 40, seed=4)
+    res = score_split(CBFScorer(emb), split, bootstrap=10)
+    pop = res["popularity"]
+    assert set(pop) == {"recall@20_head", "recall@20_middle", "recall@20_tail", "recall@20_micro",
+                        "popularity_percentile@20"}
+    assert 0 <= min(v for v in pop.values()) and pop["popularity_percentile@20"] <= 100
+    # the micro recall is the targets-weighted mean of the thirds'
+    from beeray.evaluate import popularity_strata
+
+    y = sp.csr_matrix(split.target[:, split.candidates])
+    keep = (np.diff(sp.csr_matrix(split.source).indptr) > 0) & (np.diff(y.indptr) > 0)
+    stratum, _ = popularity_strata(y[keep])
+    n = np.bincount(stratum[y[keep].indices], minlength=3)
+    thirds = [pop["recall@20_head"], pop["recall@20_middle"], pop["recall@20_tail"]]
+    assert pop["recall@20_micro"] == pytest.approx(np.dot(n, thirds) / n.sum())

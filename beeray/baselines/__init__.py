@@ -89,7 +89,8 @@ def evaluate_baseline(name: str, data: PreparedData, which: str, *, params: dict
                       item_embeddings: Callable[[], np.ndarray] | None = None, seed: int = 0,
                       log: Callable[[str], None] = print, **eval_kwargs) -> dict:
     """Choose `name`'s hyperparameters on validation, then score split `which`; the evaluator's result
-    plus `params` (the chosen ones), `search` (each tried configuration's validation metric) and seconds."""
+    plus `params` (the chosen ones), `search` (each tried configuration's validation metric) and seconds.
+    `seed` seeds the baseline's own randomness and the bootstrap."""
     from beeray.evaluate import score_split
 
     cls = get(name)
@@ -117,9 +118,10 @@ def evaluate_baseline(name: str, data: PreparedData, which: str, *, params: dict
         best_model = cls(**best).fit(Context(data, "test", test_train, item_embeddings, seed))
     fit_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    result = score_split(best_model, data.eval_split(which), **eval_kwargs)
+    result = score_split(best_model, data.eval_split(which), seed=seed, **eval_kwargs)
     return {"model": f"baseline:{name}", "data": str(data.root), "split": which, **result,
             "params": {**best_model.params}, "search": search, "fit_s": fit_s, "score_s": time.perf_counter() - t1}
 
 
-__all__ = ["BASELINES", "Baseline", "Context", "get", "parse_params", "evaluate_baseline", "training_matrix"]
+__all__ = ["BASELINES", "Baseline", "Context", "get", "parse_params", "evaluate_baseline", "training_matrix",
+           "check_split"]

@@ -24,11 +24,11 @@ class ALS(Baseline):
         from implicit.cpu.als import AlternatingLeastSquares
         from threadpoolctl import threadpool_limits
 
-        self.model = AlternatingLeastSquares(
-            factors=int(self.params["factors"]), regularization=float(self.params["regularization"]),
-            alpha=float(self.params["alpha"]), iterations=int(self.params["iterations"]), random_state=ctx.seed)
         # implicit's own threads do the work; BLAS threads on top of them only oversubscribe the cores.
         with threadpool_limits(1, "blas"):
+            self.model = AlternatingLeastSquares(
+                factors=int(self.params["factors"]), regularization=float(self.params["regularization"]),
+                alpha=float(self.params["alpha"]), iterations=int(self.params["iterations"]), random_state=ctx.seed)
             self.model.fit(sp.csr_matrix(ctx.train, dtype=np.float32), show_progress=False)
         return self
 

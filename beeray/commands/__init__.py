@@ -1,16 +1,28 @@
-"""One module per `beeray` subcommand (each has `register(subparsers)`); the options that
-`evaluate` and `compare` share are defined here, once."""
+"""One module per `beeray` subcommand (each has `register(subparsers)`); what `evaluate` and `compare`
+share is defined here, once: their options, and running every encoder and baseline on every dataset."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Callable
 
+from beeray.errors import BeerayError
 from beeray.models import DEFAULT_MODEL
 
 
 def add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", action="append", metavar="M",
-                   help=f"hub name or local folder; repeat to compare (default: {DEFAULT_MODEL})")
+                   help=f"sentence encoder: hub name or local folder; repeat to compare (default: {DEFAULT_MODEL} "
+                        "when no --baseline is given)")
+    p.add_argument("--baseline", action="append", metavar="NAME",
+                   help="a baseline, scored by the same evaluator (repeatable): popularity, itemknn, ease, als, elsa, "
+                        "sansa (time split); heater, text-popularity, cbf+popularity (cold items, from texts). "
+                        "Hyperparameters are chosen on the validation split; the test split refits on train+val")
+    p.add_argument("--param", action="append", default=[], metavar="NAME.KEY=VALUE",
+                   help="fix a baseline hyperparameter instead of searching it, e.g. itemknn.K=200")
+    p.add_argument("--text-model", metavar="M",
+                   help="the encoder whose item embeddings text baselines use (default: the first --model, "
+                        f"else {DEFAULT_MODEL})")
     p.add_argument("--batch-size", type=int, default=64, help="texts per encoder batch (default: 64)")
     p.add_argument("--batch-users", type=int, default=1024, help="users scored at once (default: 1024)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for stderr (default: 1000)")
@@ -20,5 +32,68 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
 
 def eval_kwargs(args) -> dict:
     """The evaluator's keyword arguments from the shared options."""
-    return {"batch_size": args.batch_size, "batch_users": args.batch_users, "bootstrap": args.bootstrap,
-            "seed": args.seed}
+    return {"batch_users": args.batch_users, "bootstrap": args.bootstrap, "seed": args.seed}
+
+
+def baseline_params(args) -> dict[str, dict]:
+    """--param NAME.KEY=VALUE grouped by baseline (each NAME must be one of the --baseline)."""
+    from beeray.baselines import get, parse_params
+
+    names = list(dict.fromkeys(args.baseline or []))
+    for name in names:
+        get(name)  # an unknown name fails before anything runs
+    pairs: dict[str, list[str]] = {name: [] for name in names}
+    for spec in args.param:
+        name, dot, setting = spec.partition(".")
+        if not dot or name not in pairs:
+            raise BeerayError(f"--param {spec}: no --baseline {name} (write NAME.KEY=VALUE for a --baseline NAME)")
+        pairs[name].append(setting)
+    return {name: parse_params(name, settings) for name, settings in pairs.items()}
+
+
+def run_evaluations(args, datasets: dict, which: str,
+                    log: Callable[[str], None] = print) -> tuple[dict[str, dict], dict[str, dict]]:
+    """({row name: {dataset label: result}}, {dataset label: popularity oracle}) for every --model and
+    --baseline on every dataset, all through the same evaluator."""
+    from beeray.baselines import check_split, evaluate_baseline, get, training_matrix
+    from beeray.baselines.oracle import PopularityOracle
+    from beeray.evaluate import encode_items, evaluate_models, score_split
+    from beeray.models import load_model
+
+    params = baseline_params(args)
+    for name in params:  # a baseline that cannot run on a dataset fails before anything is computed
+        for data in datasets.values():
+            for split in ("val", which):
+                check_split(get(name), data, split, training_matrix(data, split))
+    models = list(dict.fromkeys(args.model or ([] if params else [DEFAULT_MODEL])))
+    rows = evaluate_models(models, datasets, which, device=args.device, batch_size=args.batch_size,
+                           **eval_kwargs(args))
+    text_model = args.text_model or (models[0] if models else DEFAULT_MODEL)
+    encoder = []  # loaded once, on first use by a text baseline
+
+    def embeddings_of(data) -> Callable:
+        cache: list = []
+
+        def embeddings():
+            if not cache:
+                if not encoder:
+                    encoder.append(load_model(text_model, device=args.device))
+                log(f"encoding {data.n_items} item texts of {data.root} with {text_model} for the text baselines")
+                cache.append(encode_items(encoder[0], data.texts, batch_size=args.batch_size, show_progress=False))
+            return cache[0]
+        return embeddings
+
+    item_embeddings = {label: embeddings_of(data) for label, data in datasets.items()}
+    for name, fixed in params.items():
+        per = rows.setdefault(f"baseline:{name}", {})
+        for label, data in datasets.items():
+            log(f"evaluating baseline {name} on {label} ({which})")
+            per[label] = evaluate_baseline(name, data, which, params=fixed, item_embeddings=item_embeddings[label],
+                                           log=log, **eval_kwargs(args))
+            if name in ("heater", "text-popularity", "cbf+popularity"):
+                per[label]["text_model"] = text_model
+    oracle = {}
+    for label, data in datasets.items():
+        split = data.eval_split(which)
+        oracle[label] = score_split(PopularityOracle(split.target), split, **eval_kwargs(args))
+    return rows, oracle

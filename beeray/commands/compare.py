@@ -1,4 +1,4 @@
-"""`beeray compare`: the paper's Table 2 shape — rows = models, columns = dataset x metric."""
+"""`beeray compare`: the paper's Table 2 shape — rows = encoders and baselines, a table per dataset."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ import argparse
 from pathlib import Path
 
 from beeray import artifacts
-from beeray.commands import add_eval_options, eval_kwargs
-from beeray.evaluate import METRICS
-from beeray.models import DEFAULT_MODEL
+from beeray.commands import add_eval_options, run_evaluations
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,8 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "compare",
         help="table of several models x several prepared datasets (same metrics as evaluate)",
         description=(
-            "Evaluate every --model on every --data split and write one row per model with "
-            "<dataset>/<metric> columns (plus _stderr and /users), like the paper's Table 2."
+            "Evaluate every --model and --baseline on every --data split: a table per dataset on screen "
+            "(with the popularity oracle's line), and one row per model with <dataset>/<metric> columns "
+            "(plus _stderr, /users and the popularity columns) in a CSV, like the paper's Table 2."
         ),
     )
     p.add_argument("--data", required=True, action="append", type=Path, metavar="DIR",
@@ -39,35 +38,29 @@ def dataset_labels(paths: list[Path], datasets: list) -> list[str]:
 
 
 def table_rows(results: dict[str, dict], labels: list[str]) -> list[dict]:
+    """One CSV row per model or baseline: <dataset>/<column> for every column of its result row."""
     rows = []
     for model, per_data in results.items():
         row: dict = {"model": model}
         for label in labels:
-            res = per_data[label]
-            for m in METRICS:
-                row[f"{label}/{m}"] = res[m]
-                row[f"{label}/{m}_stderr"] = res["stderr"][m]
-            row[f"{label}/users"] = res["users"]
+            flat = artifacts.result_row(per_data[label])
+            row.update({f"{label}/{k}": v for k, v in flat.items() if k not in ("model", "data", "split")})
         rows.append(row)
     return rows
 
 
 def run(args) -> int:
     from beeray.data.prepared import PreparedData
-    from beeray.evaluate import evaluate_models
 
     # open every folder before loading any model so a typo fails fast
     loaded = [PreparedData.load(p) for p in args.data]
     labels = dataset_labels(args.data, loaded)
     datasets = dict(zip(labels, loaded))
-    models = list(dict.fromkeys(args.model or [DEFAULT_MODEL]))
-    results = evaluate_models(models, datasets, args.split, device=args.device, **eval_kwargs(args))
+    results, oracle = run_evaluations(args, datasets, args.split)
 
-    print(f"\n{args.split} split")
-    header = ["model", *(f"{lab} {m}" for lab in labels for m in METRICS)]
-    print(artifacts.text_table(header, [[model, *(artifacts.fmt(per[lab], m) for lab in labels for m in METRICS)]
-                                        for model, per in results.items()]))
-    print("users: " + ", ".join(f"{lab}={results[models[0]][lab]['users']}" for lab in labels))
+    for lab in labels:
+        print(f"\n{lab} — {args.split} split")
+        print(artifacts.metrics_table({name: per[lab] for name, per in results.items()}, oracle=oracle[lab]))
 
     if args.out:
         if args.out.suffix.lower() == ".csv":
@@ -75,6 +68,6 @@ def run(args) -> int:
         else:
             artifacts.write_json(args.out, {"split": args.split,
                                             "datasets": {lab: str(d.root) for lab, d in datasets.items()},
-                                            "results": results})
+                                            "results": results, "oracle": oracle})
         print(f"wrote {args.out}")
     return 0

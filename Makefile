@@ -6,7 +6,7 @@ PYTHON ?= python3
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench results clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ test: setup
 
 test-fast: setup
 	$(BIN)/pytest -q -m "not slow"
+
+# docs/results.md: beeFormer against the paper's baselines on ../shared/data (about 1.5 hours on 2 cores;
+# finished steps under runs/results/ are reused).
+results: setup
+	$(BIN)/python experiments/results.py
 
 bench: setup
 	$(BIN)/python benchmarks/bench_step.py

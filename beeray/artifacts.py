@@ -151,6 +151,8 @@ def result_row(res: dict) -> dict:
         row[m] = res[m]
         row[f"{m}_stderr"] = res["stderr"][m]
     row.update(res.get("popularity", {}))
+    if "seconds" in res:
+        row["seconds"] = res["seconds"]
     if "params" in res:
         row.update(params=json.dumps(res["params"], sort_keys=True), fit_s=res.get("fit_s"), score_s=res.get("score_s"))
     return row

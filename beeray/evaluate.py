@@ -296,12 +296,16 @@ def evaluate_models(models: list[str], datasets: dict[str, "PreparedData"], whic
     """{model: {dataset label: result}}: each model is loaded once and scored on every dataset."""
     from beeray.models import load_model
 
+    import time
+
     out: dict[str, dict] = {}
     for name in models:
         model = load_model(name, device=device)
         out[name] = {}
         for label, data in datasets.items():
             print(f"evaluating {name} on {label} ({which})", flush=True)
+            t0 = time.perf_counter()
             res = evaluate(model, data, which, **kwargs)
-            out[name][label] = {"model": name, "data": str(data.root), "split": which, **res}
+            out[name][label] = {"model": name, "data": str(data.root), "split": which, **res,
+                                "seconds": time.perf_counter() - t0}  # encoding and scoring
     return out

@@ -50,7 +50,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import beeray.encoder as encoder_mod  # noqa: E402
-from bench_step import PhaseTimer  # noqa: E402
+from bench_step import PhaseTimer, table  # noqa: E402
 from reference_step import reference_encode_no_grad, reference_train_step, tokenize_catalog  # noqa: E402
 
 from beeray.config import TrainConfig  # noqa: E402
@@ -61,7 +61,7 @@ from beeray.evaluate import encode_items  # noqa: E402
 from beeray.models import load_model  # noqa: E402
 from beeray.sampler import sample_item_set, step_rng  # noqa: E402
 from beeray.step import train_step  # noqa: E402
-from tests.helpers import autograd_grads, relative_error, two_pass_grads  # noqa: E402
+from tests.helpers import NoReplay, autograd_grads, relative_error, two_pass_grads  # noqa: E402
 
 SEED = 42
 TOLERANCE = {"fp32": 1e-5, "bf16": 2e-3}  # relative L2 error of the whole gradient
@@ -140,19 +140,6 @@ def mpnet_shapes(tokenizer, root: Path, tiny: bool):
 
 
 # ---------------------------------------------------------------- exactness
-
-class NoReplay:
-    """Stands in for RandContext: pass 2 then draws fresh dropout masks (the reference's defect)."""
-
-    def __init__(self, *tensors):
-        pass
-
-    def __enter__(self):
-        pass
-
-    def __exit__(self, *exc):
-        pass
-
 
 def exactness(model, catalog, user_items, sizes: dict, device: torch.device) -> list[dict]:
     users = pick_users(user_items, sizes["users"], seed=7)
@@ -383,14 +370,6 @@ def score_embeddings(data: PreparedData, embeddings: dict[str, np.ndarray]) -> d
 
 
 # ---------------------------------------------------------------- report
-
-def table(headers: list[str], rows: list[list]) -> str:
-    cells = [[str(h) for h in headers]] + [[f"{c:.3g}" if isinstance(c, float) else str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
 
 def summary(doc: dict) -> str:
     out = [f"machine: {doc['machine'].get('gpu', doc['machine']['device'])}, torch {doc['machine']['torch']}"]

@@ -103,6 +103,20 @@ class GradientCapture(torch.optim.Optimizer):
                       for g in self.param_groups for p in g["params"] if p.grad is not None}
 
 
+class NoReplay:
+    """Stands in for sentence-transformers' RandContext: pass 2 then draws fresh dropout masks (the
+    reference implementation's defect), so the two-pass gradient must no longer equal autograd."""
+
+    def __init__(self, *tensors):
+        pass
+
+    def __enter__(self):
+        pass
+
+    def __exit__(self, *exc):
+        pass
+
+
 def relative_error(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> float:
     """||got - want|| / ||want|| over all parameters' gradients taken as one vector (float64)."""
     assert got.keys() == want.keys(), sorted(set(got) ^ set(want))

@@ -7,7 +7,7 @@ from sentence_transformers import SentenceTransformer
 
 import beeray.encoder as encoder
 from beeray.encoder import TokenizedCatalog, encode
-from tests.helpers import autograd_grads, relative_error, two_pass_grads
+from tests.helpers import NoReplay, autograd_grads, relative_error, two_pass_grads
 
 WORDS = "printer toner cable paper tent lamp stove boots sock jacket lens tripod camera bag strap".split()
 
@@ -44,17 +44,6 @@ def test_two_pass_equals_autograd_with_dropout(setup, chunk_size):
 def test_without_rng_replay_gradients_differ(setup, monkeypatch):
     """The control: dropout without replay gives a different (wrong) gradient."""
     model, catalog, users = setup
-
-    class NoReplay:
-        def __init__(self, *tensors):
-            pass
-
-        def __enter__(self):
-            pass
-
-        def __exit__(self, *exc):
-            pass
-
     monkeypatch.setattr(encoder, "RandContext", NoReplay)
     ref, _ = autograd_grads(model, catalog, users, 24, (1, 0, 3), 8, seed=7)
     got, _ = two_pass_grads(model, catalog, users, 24, (1, 0, 3), 8, seed=7)

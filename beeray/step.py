@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from beeray.distributed import Comm
-from beeray.encoder import TokenizedCatalog, backward_chunks, encode_chunks_no_grad, plan_chunks
+from beeray.encoder import TokenizedCatalog, backward_pass2, chunks_to_keep, encode_pass1, plan_chunks
 from beeray.loss import nmse_loss
 from beeray.sampler import batch_targets, sample_item_set, step_rng
 
@@ -39,6 +39,7 @@ def train_step(
     amp: bool = False,
     mode: str = "items",
     comm: Comm | None = None,
+    activation_memory: float = 0.0,
 ) -> StepResult:
     """`user_items`: this worker's users of the batch, as rows of `catalog` (one array each).
 
@@ -46,6 +47,8 @@ def train_step(
     1/W of it; the update equals the single-process step on the union of the batches.
     mode="data": each worker runs a full step on its own users and its own I_b (pass a per-rank
     `rng_key`); the update is that of the mean loss over all users of all workers.
+    `activation_memory` (bytes, per worker): graphs of the shortest chunks that fit are kept from
+    pass 1 instead of re-encoded in pass 2; 0 re-encodes every chunk (least memory).
     """
     comm = comm or Comm(device)
     shared = mode == "items"
@@ -65,8 +68,10 @@ def train_step(
     mine = item_set[slices[rank]]
     chunks = plan_chunks(mine, catalog.lengths, chunk_size)
 
-    # 2. Pass 1: embeddings without grad; in items mode, gather everybody's rows into A.
-    emb_mine, rng_states = encode_chunks_no_grad(model, catalog, mine, chunks, device, amp)
+    # 2. Pass 1: embeddings (without grad, except chunks whose graph fits the activation budget);
+    #    in items mode, gather everybody's rows into A.
+    keep = chunks_to_keep(model, catalog, mine, chunks, activation_memory, amp) if activation_memory else 0
+    emb_mine, replay = encode_pass1(model, catalog, mine, chunks, device, amp, keep)
     pieces = comm.all_gather_rows(emb_mine) if shared else [emb_mine]
     item_emb = torch.empty((item_set.size, emb_mine.shape[1]), device=device)
     for r, piece in enumerate(pieces):
@@ -84,9 +89,10 @@ def train_step(
     if shared:
         comm.all_reduce_(grad)  # every worker's users score every item of the shared I_b
 
-    # 4. Pass 2: re-encode this worker's chunks with grad and backprop their slice of G.
-    backward_chunks(model, catalog, mine, chunks, rng_states, grad[torch.as_tensor(slices[rank], device=device)],
-                    device, amp)
+    # 4. Pass 2: backprop this worker's slice of G through each chunk: its kept graph, or a
+    #    re-encoding with grad under the chunk's pass-1 RNG state.
+    backward_pass2(model, catalog, mine, chunks, replay, grad[torch.as_tensor(slices[rank], device=device)],
+                   device, amp)
 
     # 5. One update, identical on every worker: gradients summed over workers.
     params = [p for p in model.parameters() if p.requires_grad]

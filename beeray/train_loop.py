@@ -91,8 +91,9 @@ class Recipe:
             set_attention_dropout(model, cfg.attention_dropout)
         # The training catalog: the items of the file this run trains on, and nothing else. Cold
         # items (validation and, always, test) are never tokenized, encoded or drawn as negatives.
-        items = data.train_items(cfg.full_train)
-        catalog = TokenizedCatalog.build(model, data.train_texts(items), cfg.max_seq_length, items=items)
+        # Tokenized once per (data, tokenizer, max_seq_length), normally by the driver before the
+        # workers start: a worker, a restarted worker or a later run maps it from the prepared folder.
+        catalog = TokenizedCatalog.cached(model, data, cfg.max_seq_length, full=cfg.full_train)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         state = TrainState(config=to_dict(cfg))
         if checkpoint_dir is not None:
@@ -148,7 +149,7 @@ class Recipe:
             torch.manual_seed(int(step_rng(cfg.seed, epoch, step, self.rank, 1).integers(2**62)))
             res = train_step(self.model, self.optimizer, self.catalog, batch, m=cfg.m, rng_key=key,
                              chunk_size=cfg.encode_batch_size, device=self.device, amp=self.amp,
-                             mode=cfg.parallel, comm=self.comm)
+                             mode=cfg.parallel, comm=self.comm, activation_memory=cfg.activation_memory * 2**30)
             state.epoch_losses.append(res.loss)
             n_items += res.items
             state.global_step += 1

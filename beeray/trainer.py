@@ -14,6 +14,7 @@ from beeray.checkpoint import MODEL_DIR, read_state
 from beeray.config import TrainConfig, to_dict
 from beeray.data.prepared import PreparedData
 from beeray.errors import BeerayError
+from beeray.models import load_model, save_model
 from beeray.train_loop import PAD_USER, train_loop_per_worker
 
 RUN_NAME = "train"  # stable, so that re-running with --resume finds the run (Train V2 restores by name)
@@ -142,6 +143,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, baseline: bool = True) -> T
     cfg.data = str(data.root.resolve())
     out = artifacts.prepare_run_dir(cfg.out, state=f"ray/{RUN_NAME}", config_file="config.json",
                                     config=to_dict(cfg), resume=resume, conflicts=cfg.resume_conflicts, what="run")
+    tokenize_catalog(cfg, data)
     init_ray(cfg.address)
     try:
         result = fit(cfg, data)  # a run of the same name resumes from its newest checkpoint
@@ -154,6 +156,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, baseline: bool = True) -> T
     with result.checkpoint.as_directory() as ckpt:
         state = read_state(ckpt)
         artifacts.replace_dir(Path(ckpt) / MODEL_DIR, model_dir)
+    if cfg.save_dtype != "float32":
+        save_model(load_model(str(model_dir), device="cpu", trust_remote_code=cfg.trust_remote_code),
+                   model_dir, cfg.save_dtype)
     artifacts.write_history(state.history, out)
     # On a cluster the driver sits on the (CPU) head node: evaluate where the workers' devices are.
     gpus = cfg.gpus_per_worker if cfg.use_gpu else 0
@@ -164,13 +169,21 @@ def train(cfg: TrainConfig, *, resume: bool = False, baseline: bool = True) -> T
     return TrainOutput(out=out, model_dir=model_dir, history=state.history, metrics=metrics)
 
 
+def tokenize_catalog(cfg: TrainConfig, data: PreparedData) -> None:
+    """Tokenize the training catalog once, here on the driver, into the prepared folder: the W
+    workers (and any restarted one) then memory-map it instead of each tokenizing it again."""
+    from beeray.encoder import TokenizedCatalog
+
+    model = load_model(cfg.model, device="cpu", trust_remote_code=cfg.trust_remote_code)
+    TokenizedCatalog.cached(model, data, cfg.max_seq_length, full=cfg.full_train, show_progress=True)
+
+
 def final_metrics(cfg: TrainConfig, data: PreparedData, model_dir: Path, baseline: bool) -> dict:
     """Validation and test metrics of the trained model, and of the base model for comparison.
 
     Test items are touched here only, never during training or model selection.
     """
     from beeray.evaluate import evaluate
-    from beeray.models import load_model
 
     splits = ["val", "test"] if cfg.evaluate_test else ["val"]
     models = {"trained": str(model_dir)}

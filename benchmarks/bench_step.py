@@ -5,6 +5,7 @@ Cases (each prints a table and writes benchmarks/results/<case>.json):
                 without grad (same model, texts, chunking, process), Goodbooks LLM descriptions.
   ml-reference  beeray's train_step vs the paper's reference step (benchmarks/reference_step.py)
                 on ml-latest-small, same model, users and I_b, interleaved.
+  gb-reference  the same comparison on the Goodbooks LLM descriptions at max_seq_length 256.
   memory        peak memory of one step for several m and catalog sizes, one fresh subprocess each.
 
 Every figure that compares two things is measured side by side in one process with the
@@ -144,28 +145,29 @@ class PhaseTimer:
     @contextmanager
     def active(self, optimizer):
         self.times = {}
-        self._orig = {"encode_chunks_no_grad": step_mod.encode_chunks_no_grad,
-                      "backward_chunks": step_mod.backward_chunks}
-        step_mod.encode_chunks_no_grad = self._wrap("pass1", self._orig["encode_chunks_no_grad"])
-        step_mod.backward_chunks = self._wrap("pass2", self._orig["backward_chunks"])
+        self._orig = {"encode_pass1": step_mod.encode_pass1, "backward_pass2": step_mod.backward_pass2}
+        step_mod.encode_pass1 = self._wrap("pass1", self._orig["encode_pass1"])
+        step_mod.backward_pass2 = self._wrap("pass2", self._orig["backward_pass2"])
         orig_opt = optimizer.step
         optimizer.step = self._wrap("optimizer", orig_opt)
         try:
             yield self
         finally:
-            step_mod.encode_chunks_no_grad = self._orig["encode_chunks_no_grad"]
-            step_mod.backward_chunks = self._orig["backward_chunks"]
+            step_mod.encode_pass1 = self._orig["encode_pass1"]
+            step_mod.backward_pass2 = self._orig["backward_pass2"]
             optimizer.step = orig_opt
 
 
-def timed_step(model, optimizer, catalog, batch, *, m, key, chunk, device, phases: PhaseTimer | None = None):
+def timed_step(model, optimizer, catalog, batch, *, m, key, chunk, device, phases: PhaseTimer | None = None,
+               activation_memory: float = 0.0):
     sync(device)
     t0 = time.perf_counter()
+    kw = dict(m=m, rng_key=key, chunk_size=chunk, device=device, activation_memory=activation_memory)
     if phases is None:
-        res = train_step(model, optimizer, catalog, batch, m=m, rng_key=key, chunk_size=chunk, device=device)
+        res = train_step(model, optimizer, catalog, batch, **kw)
     else:
         with phases.active(optimizer):
-            res = train_step(model, optimizer, catalog, batch, m=m, rng_key=key, chunk_size=chunk, device=device)
+            res = train_step(model, optimizer, catalog, batch, **kw)
     sync(device)
     return time.perf_counter() - t0, res
 
@@ -226,10 +228,10 @@ def case_goodbooks(args) -> dict:
         if rep % 2 == 0:
             enc_s = encode_only(model, catalog, item_set, args.chunk, device)
             step_s, res = timed_step(model, optimizer, catalog, batch, m=args.m, key=key, chunk=args.chunk,
-                                     device=device, phases=phases)
+                                     device=device, phases=phases, activation_memory=args.activation_memory * 2**30)
         else:
             step_s, res = timed_step(model, optimizer, catalog, batch, m=args.m, key=key, chunk=args.chunk,
-                                     device=device, phases=phases)
+                                     device=device, phases=phases, activation_memory=args.activation_memory * 2**30)
             enc_s = encode_only(model, catalog, item_set, args.chunk, device)
         assert res.items == item_set.size
         ph = dict(phases.times)
@@ -252,7 +254,8 @@ def case_goodbooks(args) -> dict:
                "goal": 4.5}
     print()
     print(f"goodbooks step efficiency: {Path(args.model).name}, msl {args.msl}, m {args.m}, chunk {args.chunk}, batch "
-          f"{args.batch} users, {device}, {torch.get_num_threads()} threads")
+          f"{args.batch} users, {device}, {torch.get_num_threads()} threads, activation_memory "
+          f"{args.activation_memory} GiB")
     print(table(["rep", "|I_b|", "pos", "tokens", "step_s", "encode_s", "ratio", "pass1_s", "pass2_s", "optim_s",
                  "other_s"], rows))
     print(f"ratio (sum step / sum encode) = {summary['ratio']:.2f}   median {summary['ratio_median']:.2f}   "
@@ -260,13 +263,21 @@ def case_goodbooks(args) -> dict:
     return {"case": "goodbooks", "config": vars(args), "machine": machine(), "reps": records, "summary": summary}
 
 
-# ---------------------------------------------------------------- case: ml-reference
+# ---------------------------------------------------------------- cases: ml-reference, gb-reference
 
-def case_ml_reference(args) -> dict:
+# Data of each reference case: (loader kind, raw folder, default prepared folder, label).
+REFERENCE_DATA = {
+    "ml-reference": ("movielens", SHARED / "ml-latest-small", "/tmp/bench_ml", "ml-latest-small"),
+    "gb-reference": ("goodbooks", SHARED / "goodbooks", "/tmp/gb", "Goodbooks LLM descriptions"),
+}
+
+
+def case_reference(args) -> dict:
     from reference_step import reference_encode_no_grad, reference_train_step, tokenize_catalog
 
     device = pick_device(args.device)
-    root = ensure_prepared("movielens", SHARED / "ml-latest-small", Path(args.data or "/tmp/bench_ml"))
+    kind, raw, default_dir, label = REFERENCE_DATA[args.case]
+    root = ensure_prepared(kind, raw, Path(args.data or default_dir))
     data = PreparedData.load(root)
     catalog_items = data.train_items()
     texts = data.train_texts(catalog_items)
@@ -315,7 +326,8 @@ def case_ml_reference(args) -> dict:
             if side == "bee":
                 rec["bee_encode_s"] = encode_only(model, catalog, item_set, args.chunk, device)
                 rec["bee_step_s"], res = timed_step(model, optimizer, catalog, batch, m=args.m, key=key,
-                                                    chunk=args.chunk, device=device)
+                                                    chunk=args.chunk, device=device,
+                                                    activation_memory=args.activation_memory * 2**30)
                 assert res.items == item_set.size
             else:
                 rec["ref_encode_s"] = ref_encode(item_set, batch)
@@ -327,7 +339,7 @@ def case_ml_reference(args) -> dict:
                      rec["ref_step_s"] / rec["ref_encode_s"]])
         print(f"  rep {rep}: |I_b| {rec['items']}  beeray {rec['bee_step_s']:.2f}s  reference "
               f"{rec['ref_step_s']:.2f}s  speed-up {rec['speedup']:.2f}x", flush=True)
-        write("ml-reference.partial", {"case": "ml-reference", "config": vars(args), "reps": records})
+        write(f"{args.case}.partial", {"case": args.case, "config": vars(args), "reps": records})
 
     def tot(k):
         return sum(r[k] for r in records)
@@ -341,7 +353,7 @@ def case_ml_reference(args) -> dict:
                "ref_width": width, "mean_tokens_per_text": float(catalog.lengths.mean()),
                "goal_speedup": 2.5}
     print()
-    print(f"ml-reference: {Path(args.model).name}, ml-latest-small ({len(catalog)} items), msl {args.msl} (reference pads to "
+    print(f"{args.case}: {Path(args.model).name}, {label} ({len(catalog)} training items), msl {args.msl} (reference pads to "
           f"{width}), m {args.m}, chunk {args.chunk}, batch {args.batch} users, {device}, "
           f"{torch.get_num_threads()} threads")
     print(table(["rep", "|I_b|", "beeray_s", "ref_s", "speedup", "bee_enc_s", "ref_enc_s", "bee_step/enc",
@@ -349,7 +361,7 @@ def case_ml_reference(args) -> dict:
     print(f"beeray {summary['bee_step_s_mean']:.2f} s/step, reference {summary['ref_step_s_mean']:.2f} s/step, "
           f"speed-up {summary['speedup']:.2f}x (goal >= 2.5x); step/encode: beeray "
           f"{summary['bee_step_over_encode']:.2f}, reference {summary['ref_step_over_encode']:.2f}")
-    return {"case": "ml-reference", "config": vars(args), "machine": machine(), "reps": records, "summary": summary}
+    return {"case": args.case, "config": vars(args), "machine": machine(), "reps": records, "summary": summary}
 
 
 # ---------------------------------------------------------------- case: memory
@@ -443,6 +455,7 @@ def case_memory(args) -> dict:
 DEFAULTS = {
     "goodbooks": {"msl": 256, "m": 512, "chunk": 64, "batch": 8, "reps": 3},
     "ml-reference": {"msl": 64, "m": 512, "chunk": 64, "batch": 32, "reps": 3},
+    "gb-reference": {"msl": 256, "m": 512, "chunk": 64, "batch": 8, "reps": 3},
     "memory": {"msl": 128, "m": 512, "chunk": 64, "batch": 2, "reps": 1},
 }
 
@@ -461,6 +474,8 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, help="timed repetitions after the warm-up")
     p.add_argument("--attention-dropout", type=float, default=None,
                    help="goodbooks: set the attention-probability dropout of the trained model (default: the model's)")
+    p.add_argument("--activation-memory", type=float, default=0.0,
+                   help="goodbooks, *-reference: GiB of pass-1 graphs beeray's step keeps (default 0: recompute all)")
     p.add_argument("--ms", type=int, nargs="+", default=[256, 512, 1024], help="memory: values of m")
     p.add_argument("--catalogs", type=int, nargs="+", default=[1000, 10000],
                    help="memory: catalog sizes at m=512 (a random subset of Goodbooks; >= its size = all)")
@@ -475,7 +490,8 @@ def main(argv=None) -> int:
     if args.child:
         print(json.dumps(memory_child(args)))
         return 0
-    run = {"goodbooks": case_goodbooks, "ml-reference": case_ml_reference, "memory": case_memory}[args.case]
+    run = {"goodbooks": case_goodbooks, "ml-reference": case_reference, "gb-reference": case_reference,
+           "memory": case_memory}[args.case]
     doc = run(args)
     print(f"wrote {write(args.case, doc)}")
     if not torch.cuda.is_available():

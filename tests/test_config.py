@@ -110,7 +110,9 @@ def test_train_config_coerces_and_refuses(tmp_path):
     for text, message in [("m: 1.5", "m must be int"), ("amp: fp8", "amp must be one of auto, bf16 or off"),
                           ("parallel: model", "parallel must be items or data"), ("lr: fast", "lr must be float"),
                           ("epochs: true", "epochs must be int"), ("batch_sise: 3", "unknown key(s) batch_sise"),
-                          ("lr: -1", "lr must be > 0"), ("- 1", "expected a mapping")]:
+                          ("lr: -1", "lr must be > 0"), ("activation_memory: -2", "activation_memory must be >= 0"),
+                          ("save_dtype: int8", "save_dtype must be one of float32, float16 or bfloat16"),
+                          ("- 1", "expected a mapping")]:
         path.write_text(text + "\n")
         with pytest.raises(BeerayError, match=re.escape(message)) as err:
             train_config(str(path))
@@ -128,8 +130,9 @@ def test_overrides_are_yaml_scalars_never_evaluated():
 
 def test_resume_checks_every_key_but_the_harmless_ones():
     saved = to_dict(TrainConfig(data="d", lr=1e-4))
-    assert TrainConfig(data="d", lr=1e-4, epochs=9, out="elsewhere", max_failures=3).resume_conflicts(saved) == []
+    assert TrainConfig(data="d", lr=1e-4, epochs=9, out="elsewhere", max_failures=3,
+                       save_dtype="float16").resume_conflicts(saved) == []
     for key, value in [("encode_batch_size", 64), ("attention_dropout", 0.0), ("amp", "off"), ("weight_decay", 0.1),
-                       ("lr", 1e-5), ("m", 7)]:
+                       ("lr", 1e-5), ("m", 7), ("activation_memory", 4.0)]:
         changed = TrainConfig(**{"data": "d", "lr": 1e-4, key: value}).resume_conflicts(saved)
         assert len(changed) == 1 and changed[0].startswith(f"{key}: ")

@@ -50,6 +50,59 @@ def test_without_rng_replay_gradients_differ(setup, monkeypatch):
     assert relative_error(got, ref) > 1e-2
 
 
+def budget_for(model, catalog, users, m, key, chunk_size, n_chunks):
+    """An activation budget that keeps exactly the first `n_chunks` chunks of this step's I_b."""
+    from beeray.sampler import sample_item_set, step_rng
+
+    items = sample_item_set(np.unique(np.concatenate(users)), len(catalog), m, step_rng(*key))
+    chunks = encoder.plan_chunks(items, catalog.lengths, chunk_size)
+    sizes = [encoder.activation_bytes(model, int(catalog.lengths[items[p]].max()), p.size, False) for p in chunks]
+    assert n_chunks < len(chunks)
+    budget = sum(sizes[:n_chunks]) + sizes[n_chunks] // 2
+    assert encoder.chunks_to_keep(model, catalog, items, chunks, budget, False) == n_chunks
+    return budget
+
+
+@pytest.mark.parametrize("kept", ["some", "all"])
+def test_kept_graphs_give_the_same_gradient_with_fewer_encodes(setup, monkeypatch, kept):
+    """Under an activation budget the first chunks keep their pass-1 graph: the gradient still
+    equals autograd's, and those chunks are not encoded a second time."""
+    model, catalog, users = setup
+    chunk = 5  # 24 items -> 5 chunks
+    budget = budget_for(model, catalog, users, 24, (1, 0, 3), chunk, 2) if kept == "some" else 1e15
+    calls = []
+    real = TokenizedCatalog.features
+    monkeypatch.setattr(TokenizedCatalog, "features", lambda self, rows, device: calls.append(rows.size)
+                        or real(self, rows, device))
+    ref, ref_loss = autograd_grads(model, catalog, users, 24, (1, 0, 3), chunk, seed=7)
+    calls.clear()
+    got, res = two_pass_grads(model, catalog, users, 24, (1, 0, 3), chunk, seed=7, activation_memory=budget)
+    assert res.loss == pytest.approx(ref_loss, rel=1e-6)
+    assert relative_error(got, ref) < 1e-5
+    re_encoded = 24 - 10 if kept == "some" else 0  # the first two chunks hold 5 + 5 texts
+    assert sum(calls) == 24 + re_encoded
+
+
+def test_kept_graphs_need_no_replay_but_the_rest_still_does(setup, monkeypatch):
+    """Control: without the RNG replay, keeping every graph stays exact; keeping some does not."""
+    model, catalog, users = setup
+    monkeypatch.setattr(encoder, "RandContext", NoReplay)
+    ref, _ = autograd_grads(model, catalog, users, 24, (1, 0, 3), 5, seed=7)
+    all_kept, _ = two_pass_grads(model, catalog, users, 24, (1, 0, 3), 5, seed=7, activation_memory=1e15)
+    assert relative_error(all_kept, ref) < 1e-5
+    budget = budget_for(model, catalog, users, 24, (1, 0, 3), 5, 2)
+    some, _ = two_pass_grads(model, catalog, users, 24, (1, 0, 3), 5, seed=7, activation_memory=budget)
+    assert relative_error(some, ref) > 1e-2
+
+
+def test_activation_estimate_grows_with_width_and_halves_under_bf16(setup):
+    model, _, _ = setup
+    one = encoder.activation_bytes(model, 16, 1, amp=False)
+    assert encoder.activation_bytes(model, 16, 10, amp=False) == pytest.approx(10 * one, rel=1e-9)
+    assert encoder.activation_bytes(model, 16, 1, amp=True) == pytest.approx(one / 2, rel=1e-6)
+    assert encoder.activation_bytes(model, 32, 1, amp=False) > 2 * one  # attention scores grow as s^2
+
+
 def test_loss_and_grads_do_not_depend_on_catalog_beyond_item_set(setup):
     """Appending 500 unrelated items to the catalog changes nothing when I_b is the same.
 
@@ -76,6 +129,27 @@ def test_catalog_features_match_sentence_transformers_encode(setup):
     model.max_seq_length = 32
     ref = model.encode(texts, convert_to_tensor=True, batch_size=7)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_catalog_features_equal_the_tokenizers_own_padding(setup, side):
+    """Any subset of rows, in any order, padded to its longest text on either side, is what the
+    tokenizer itself gives for those texts with padding=True."""
+    model, _, _ = setup
+    texts = make_texts(60, seed=4)
+    tok = model.tokenizer
+    old_side = tok.padding_side
+    tok.padding_side = side
+    try:
+        catalog = TokenizedCatalog.build(model, texts, max_seq_length=16)
+        rows = np.random.default_rng(1).permutation(60)[:23]
+        ours = catalog.features(rows, "cpu")
+        ref = tok([texts[r] for r in rows], truncation=True, max_length=16, padding=True, return_tensors="pt")
+    finally:
+        tok.padding_side = old_side
+    assert catalog.pad_left == (side == "left")
+    torch.testing.assert_close(ours["input_ids"], ref["input_ids"], rtol=0, atol=0)
+    torch.testing.assert_close(ours["attention_mask"], ref["attention_mask"], rtol=0, atol=0)
 
 
 def test_attention_dropout_switch_keeps_hidden_dropout(tiny_model_dir):

@@ -10,7 +10,7 @@ import pandas as pd
 
 from beeray.cli import main
 from beeray.data.prepare import prepare_synthetic
-from beeray.data.synthetic import generate_shop
+from beeray.data.synthetic import generate_scaled_shop, generate_shop
 from tests.helpers import jaccard
 
 
@@ -71,3 +71,35 @@ def test_default_prepare_is_synthetic(tmp_path, monkeypatch, capsys):
     cold = set(split["val_items"]) | set(split["test_items"])
     warm_bundles = set(bundle[[i for i in range(len(items)) if i not in cold]])
     assert set(bundle.iloc[sorted(cold)]) <= warm_bundles  # every cold item has a warm bundle-mate
+
+
+def test_scaled_shop_has_the_size_asked_and_the_shops_structure():
+    inter, items = generate_scaled_shop(300, 800, 6000, seed=5)
+    assert len(items) == 800 and items.item_id.is_unique and len(inter) == 6000
+    again, _ = generate_scaled_shop(300, 800, 6000, seed=5)
+    pd.testing.assert_frame_equal(inter, again)  # deterministic given the seed
+    assert inter.user_id.nunique() == 300
+    inter = inter.assign(user_id=inter.user_id.astype(str), item_id=inter.item_id.astype(str))
+    # Timestamps increase within each user (purchase order).
+    assert inter.groupby("user_id").timestamp.apply(lambda t: t.is_monotonic_increasing).all()
+    # Co-consumption: a user who bought a bundle's main product holds most of its accessories.
+    role = dict(zip(items.item_id, items.role))
+    bundle = dict(zip(items.item_id, items.bundle))
+    inter["bundle"], inter["main"] = inter.item_id.map(bundle), inter.item_id.map(role).isin(
+        items.groupby("category").role.first())
+    per = inter.groupby(["user_id", "bundle"]).agg(main=("main", "any"), n=("item_id", "nunique"))
+    assert per[per.main].n.mean() > 3.0  # main + ~0.85 x 3 accessories (noise rows are rarely mains)
+    # Popularity is skewed: the top tenth of the items takes far more than a tenth of the rows.
+    counts = inter.item_id.value_counts()
+    assert counts.iloc[:80].sum() / counts.sum() > 0.25
+
+
+def test_scaled_shop_prepares_under_its_own_fingerprint(tmp_path, capsys):
+    assert main(["prepare", "synthetic", "--synthetic-size", "300", "800", "6000", "--out", str(tmp_path / "s")]) == 0
+    stats = json.loads((tmp_path / "s" / "stats.json").read_text())
+    assert stats["users"] <= 300 and stats["items"] <= 800
+    demo = prepare_synthetic(tmp_path / "demo")
+    assert demo.stats["fingerprint"] != stats["fingerprint"]
+    assert main(["prepare", "synthetic", "--synthetic-size", "10", "44", "100", "--out", str(tmp_path / "x")]) == 2
+    assert "--synthetic-size: items must be a positive multiple of 40" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

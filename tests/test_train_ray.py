@@ -1,6 +1,8 @@
 """Training through Ray Train: artifacts, sharding, checkpoints, resume, fault tolerance, bad input."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +12,7 @@ from sentence_transformers import SentenceTransformer
 
 from beeray.cli import main
 from beeray.config import train_config
+from beeray.encoder import TOKENS_DIR
 from beeray.errors import BeerayError
 
 pytestmark = pytest.mark.slow
@@ -30,10 +33,12 @@ def test_train_cli_writes_artifacts_and_learns(ray_session, shop, tiny_model_dir
     out = tmp_path / "run"
     rc = main(["train", "--data", str(shop), "--model", str(tiny_model_dir), "--out", str(out), "--epochs", "2",
                "--batch-size", "64", "--m", "96", "--max-seq-length", "24", "--lr", "1e-3",
-               "--encode-batch-size", "48"])
+               "--encode-batch-size", "48", "--save-dtype", "float16"])
     assert rc == 0
     model = SentenceTransformer(str(out / "model"), device="cpu")  # a real SentenceTransformer folder
     assert model.encode(["a printer"]).shape == (1, 32)
+    assert {p.dtype for p in model.parameters()} == {torch.float16}  # --save-dtype float16
+    assert any((shop / TOKENS_DIR).iterdir())  # the driver tokenized the catalog into the prepared folder
     assert "beeray training" in (out / "model" / "README.md").read_text()
     metrics = json.loads((out / "metrics.json").read_text())
     for who in ("base", "trained"):
@@ -65,6 +70,7 @@ def test_training_never_tokenizes_or_encodes_a_cold_item(ray_session, shop, tiny
     from beeray.train_loop import train_loop_per_worker
     from beeray.trainer import train_dataset
 
+    shop = fresh_copy(shop, tmp_path)  # no tokenized catalog cached by another test
     data = PreparedData.load(shop)
     val, test = set(data.split["val_items"]), set(data.split["test_items"])
     forbidden = test if full_train else val | test
@@ -93,6 +99,45 @@ def test_training_never_tokenizes_or_encodes_a_cold_item(ray_session, shop, tiny
     assert not {data.texts[i] for i in forbidden} & set(tokenized)
     assert encoded and encoded <= set(catalog.tolist()) and not encoded & forbidden
     assert bool(encoded & val) == full_train  # full train does learn from the validation cold items
+
+
+def fresh_copy(shop: Path, tmp_path: Path) -> Path:
+    """The prepared shop without the tokenized catalogs other tests have cached in it."""
+    out = tmp_path / "shop"
+    shutil.copytree(shop, out, ignore=shutil.ignore_patterns(TOKENS_DIR))
+    return out
+
+
+def test_a_second_or_restarted_worker_maps_the_catalog_instead_of_tokenizing(shop, tiny_model_dir, tmp_path,
+                                                                              monkeypatch):
+    from transformers import PreTrainedTokenizerBase
+
+    from beeray.train_loop import Recipe
+
+    shop = fresh_copy(shop, tmp_path)
+    calls: list[int] = []
+    real_call = PreTrainedTokenizerBase.__call__
+
+    def tokenizer_spy(self, text=None, *args, **kw):
+        calls.append(1 if isinstance(text, str) else len(text))
+        return real_call(self, text, *args, **kw)
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "__call__", tokenizer_spy)
+    cfg = _cfg(shop, tiny_model_dir, tmp_path / "run", epochs=1)
+    first = Recipe.setup(cfg, rank=0, world=2, device=torch.device("cpu"))
+    n_items = first.catalog.items.size
+    assert sum(calls) == n_items  # the first worker tokenizes the training catalog once
+    second = Recipe.setup(cfg, rank=1, world=2, device=torch.device("cpu"))
+    restarted = Recipe.setup(cfg, rank=0, world=2, device=torch.device("cpu"))
+    assert sum(calls) == n_items  # the others map it
+    for other in (second, restarted):
+        assert isinstance(other.catalog.ids, np.memmap)
+        for name in ("ids", "offsets", "items"):
+            np.testing.assert_array_equal(getattr(other.catalog, name), getattr(first.catalog, name))
+    # Another max_seq_length is another tokenization, stored beside the first.
+    Recipe.setup(_cfg(shop, tiny_model_dir, tmp_path / "run2", epochs=1, max_seq_length=8), rank=0, world=1,
+                 device=torch.device("cpu"))
+    assert sum(calls) == 2 * n_items and len(list((shop / TOKENS_DIR).iterdir())) == 2
 
 
 def test_every_user_seen_once_per_epoch_with_two_workers(ray_session, shop, tmp_path):

@@ -19,7 +19,8 @@ datasets and their --input:
   amazon-json   folder with <Name>.inter.json + <Name>.item.json (sequence data, no ratings)
   generic       any interactions csv/parquet + --items csv/parquet (item_id or id, text);
                 column names via --user-col/--item-col/--rating-col/--time-col/--item-key/--text-col
-  synthetic     a generated shop of product bundles (the default; needs no --input)
+  synthetic     a generated shop of product bundles (the default; needs no --input); any size
+                with --synthetic-size USERS ITEMS INTERACTIONS
   goodlens      several datasets in one catalog: --input KIND=PATH, repeated
 
 preprocessing (docs/method.md §1): rating >= --min-rating is an interaction (no rating column: all
@@ -28,6 +29,7 @@ are), items without text dropped, (user, item) deduplicated, users with fewer th
 
 examples:
   beeray prepare                                   # synthetic demo shop -> data/synthetic
+  beeray prepare synthetic --synthetic-size 100000 1000000 20000000 --out data/shop-1m
   beeray prepare movielens --input ../shared/data/ml-latest-small --out data/ml
   beeray prepare goodbooks --input ../shared/data/goodbooks --out data/goodbooks --val-items 1000
   beeray prepare amazon-json --input ../shared/data/amazon-scientific --out data/sci --split time
@@ -61,6 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-user-interactions", type=int, default=5, metavar="N",
                    help="drop users with fewer interactions (default 5)")
     p.add_argument("--synthetic-seed", type=int, default=0, help="seed of the synthetic shop (default 0)")
+    p.add_argument("--synthetic-size", type=int, nargs=3, metavar=("USERS", "ITEMS", "INTERACTIONS"),
+                   help="generate the shop at this size (items a multiple of 40), e.g. 100000 1000000 20000000; "
+                        "default: the demo shop (640 users, 400 items)")
     g = p.add_argument_group("generic column names")
     g.add_argument("--user-col", default="user_id")
     g.add_argument("--item-col", default="item_id")
@@ -97,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
                              timestamp=args.time_col, item_key=args.item_key, text=args.text_col)
     result = prepare(args.dataset, out, path, args.items, inputs=named, options=options,
                      columns=columns if args.dataset in ("generic", "goodlens") else None,
-                     force=args.force, synthetic_seed=args.synthetic_seed)
+                     force=args.force, synthetic_seed=args.synthetic_seed,
+                     synthetic_size=tuple(args.synthetic_size) if args.synthetic_size else None)
     if result.up_to_date:
         print(f"{result.out}: up to date (fingerprint {result.stats.get('fingerprint')}); --force to rebuild")
         return 0

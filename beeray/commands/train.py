@@ -18,6 +18,7 @@ _FLAGS = {
     "--m": ("m", int, "items per step: the batch's positives plus uniform negatives"),
     "--max-seq-length": ("max_seq_length", int, "tokens per item text"),
     "--encode-batch-size": ("encode_batch_size", int, "texts per encoder chunk"),
+    "--activation-memory": ("activation_memory", float, "GiB per worker of pass-1 graphs kept (0: recompute all)"),
     "--seed": ("seed", int, "seed of shuffles, negatives and dropout"),
     "--parallel": ("parallel", str, "items (exact, default) | data"),
     "--num-workers": ("num_workers", int, "Ray Train workers"),
@@ -27,6 +28,7 @@ _FLAGS = {
     "--max-failures": ("max_failures", int, "restarts from the last checkpoint after a worker dies"),
     "--address": ("address", str, "Ray cluster address (default: local Ray, or RAY_ADDRESS)"),
     "--amp": ("amp", str, "auto | bf16 | off"),
+    "--save-dtype": ("save_dtype", str, "precision of the saved model: float32 (default) | float16 | bfloat16"),
 }
 
 

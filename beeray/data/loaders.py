@@ -419,12 +419,20 @@ DATASETS = ("movielens", "goodbooks", "amazon-books", "amazon-json", "generic", 
 
 
 def load_dataset(kind: str, path: str | Path | None, items: str | Path | None = None,
-                 columns: GenericColumns | None = None, seed: int = 0) -> RawDataset:
-    """Dispatch on the dataset kind (the `beeray prepare` positional argument)."""
+                 columns: GenericColumns | None = None, seed: int = 0,
+                 size: tuple[int, int, int] | None = None) -> RawDataset:
+    """Dispatch on the dataset kind (the `beeray prepare` positional argument); `size` = (users,
+    items, interactions) of a scaled synthetic shop (default: the demo shop)."""
     if kind == "synthetic":
-        from beeray.data.synthetic import generate_shop
+        from beeray.data.synthetic import generate_scaled_shop, generate_shop
 
-        inter, its = generate_shop(seed=seed)
+        if size is None:
+            inter, its = generate_shop(seed=seed)
+        else:
+            try:
+                inter, its = generate_scaled_shop(*size, seed=seed)
+            except ValueError as exc:
+                raise BeerayError(f"--synthetic-size: {exc}") from None
         return RawDataset("synthetic", inter, its[["item_id", "text", "group"]].copy())
     if path is None:
         raise BeerayError(f"{kind} needs --input PATH")

@@ -81,9 +81,12 @@ def _file_digest(path: Path) -> str:
 
 
 def fingerprint(dataset: str, inputs: dict[str, Path | None], options: PrepareOptions,
-                columns: GenericColumns | None = None, synthetic_seed: int | None = None) -> str:
+                columns: GenericColumns | None = None, synthetic_seed: int | None = None,
+                synthetic_size: tuple[int, int, int] | None = None) -> str:
     doc = {"format": FORMAT_VERSION, "dataset": dataset, "options": asdict(options),
            "columns": asdict(columns) if columns else None, "synthetic_seed": synthetic_seed, "files": {}}
+    if synthetic_size is not None:  # absent for the demo shop, so its fingerprint is unchanged
+        doc["synthetic_size"] = list(synthetic_size)
     if synthetic_seed is not None:
         from beeray.data.synthetic import SHOP_VERSION
 
@@ -190,7 +193,8 @@ def build_stats(dataset: str, data: Processed, split: Split, fp: str, options: P
 
 
 def _load(dataset: str, source: Path | None, items: Path | None, inputs: dict[str, Path] | None,
-          columns: GenericColumns | None, synthetic_seed: int) -> RawDataset:
+          columns: GenericColumns | None, synthetic_seed: int,
+          synthetic_size: tuple[int, int, int] | None = None) -> RawDataset:
     if dataset == "goodlens":
         if not inputs:
             raise BeerayError("goodlens needs --input NAME=PATH for each dataset, e.g. "
@@ -201,16 +205,19 @@ def _load(dataset: str, source: Path | None, items: Path | None, inputs: dict[st
             if kind not in DATASETS:
                 raise BeerayError(f"goodlens: unknown dataset kind {name!r} in --input {name}=... "
                                   f"(use one of {', '.join(DATASETS)})")
-            raws[name] = load_dataset(kind, path, None, columns, seed=synthetic_seed)
+            raws[name] = load_dataset(kind, path, None, columns, seed=synthetic_seed, size=synthetic_size)
         return combine(raws)
-    return load_dataset(dataset, source, items, columns, seed=synthetic_seed)
+    return load_dataset(dataset, source, items, columns, seed=synthetic_seed, size=synthetic_size)
 
 
 def prepare(dataset: str, out: str | Path, source: str | Path | None = None, items: str | Path | None = None,
             *, inputs: dict[str, str | Path] | None = None, options: PrepareOptions = PrepareOptions(),
             columns: GenericColumns | None = None, force: bool = False, synthetic_seed: int = 0,
-            quiet: bool = False) -> PrepareResult:
-    """Prepare `dataset` into folder `out` (see docs/data.md for the layout and the split protocol)."""
+            synthetic_size: tuple[int, int, int] | None = None, quiet: bool = False) -> PrepareResult:
+    """Prepare `dataset` into folder `out` (see docs/data.md for the layout and the split protocol).
+
+    `synthetic_size` = (users, items, interactions) generates the shop at that size instead of the
+    demo's 640 users × 400 items."""
     if dataset not in DATASETS and dataset != "goodlens":
         raise BeerayError(f"unknown dataset {dataset!r} (choose from {', '.join(DATASETS + ('goodlens',))})")
     if options.split not in ("item", "time"):
@@ -223,7 +230,8 @@ def prepare(dataset: str, out: str | Path, source: str | Path | None = None, ite
         if p is not None and not p.expanduser().exists():
             raise BeerayError(f"{p}: --{key.split(':')[0]} path not found")
     uses_shop = dataset == "synthetic" or any(k.split("-")[0] == "synthetic" for k in (inputs or {}))
-    fp = fingerprint(dataset, in_paths, options, columns, synthetic_seed if uses_shop else None)
+    fp = fingerprint(dataset, in_paths, options, columns, synthetic_seed if uses_shop else None,
+                     synthetic_size if uses_shop else None)
     existing = _existing_fingerprint(out)
     if existing is not None and not force:
         if existing == fp:
@@ -232,7 +240,7 @@ def prepare(dataset: str, out: str | Path, source: str | Path | None = None, ite
                           f"this one {fp}); use --force to overwrite or choose another --out")
 
     raw = _load(dataset, Path(source) if source else None, Path(items) if items else None,
-                {k: Path(v) for k, v in (inputs or {}).items()}, columns, synthetic_seed)
+                {k: Path(v) for k, v in (inputs or {}).items()}, columns, synthetic_seed, synthetic_size)
     data = preprocess(raw, options.min_rating, options.min_user_interactions)
     if options.split == "item":
         groups = data.items["group"].to_numpy() if "group" in data.items.columns else None

@@ -308,3 +308,74 @@ def generate_shop(seed: int = 0, n_users: int = 640, n_bundles_per_category: int
     items["group"] = items["bundle"]
     return inter, items
 
+
+
+# ---------------------------------------------------------------- the shop at any size (issue 12)
+
+ITEMS_PER_BUNDLE = 4
+CATEGORIES = len(_CATALOG)
+_BOUGHT_PER_BUNDLE = 1 + 0.85 * (ITEMS_PER_BUNDLE - 1)  # the main product + most accessories
+
+
+def generate_scaled_shop(n_users: int, n_items: int, n_interactions: int, seed: int = 0,
+                         noise: float = 0.1) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The shop's catalog and buying pattern at a chosen size, in memory proportional to the output.
+
+    `n_items` must be a multiple of 40 (10 categories × bundles of 4). Users buy bundles as in the
+    demo shop (main product, then each accessory with probability 0.85), bundles drawn with a
+    power-law popularity so that head, middle and tail differ; a `noise` share of the rows are random
+    items with random ratings. Exactly `n_interactions` rows come out (before preprocessing drops
+    duplicate pairs and low ratings). Every step is vectorised NumPy except the texts (one short
+    template rendering per item), so 10^6 items and 2·10^7 rows take seconds to a few minutes.
+    """
+    per_cat = ITEMS_PER_BUNDLE * CATEGORIES
+    if n_items <= 0 or n_items % per_cat:
+        raise ValueError(f"items must be a positive multiple of {per_cat} "
+                         f"({CATEGORIES} categories × bundles of {ITEMS_PER_BUNDLE}), got {n_items}")
+    if n_users <= 0 or n_interactions < 2 * n_users:
+        raise ValueError(f"interactions ({n_interactions}) must be at least twice the users ({n_users})")
+    items = shop_items(seed, n_items // per_cat)
+    n_bundles = n_items // ITEMS_PER_BUNDLE
+    # items are written bundle by bundle, main product first: row = bundle * 4 + role.
+    rng = np.random.default_rng(seed + 1)
+
+    # Bundle purchases: every user gets at least two, the rest go to users at random.
+    n_picks = max(int(round(n_interactions * (1 - noise) / _BOUGHT_PER_BUNDLE)), 2 * n_users)
+    pick_user = np.concatenate([np.repeat(np.arange(n_users), 2), rng.integers(0, n_users, n_picks - 2 * n_users)])
+    pick_user.sort(kind="stable")
+    weights = 1.0 / (np.arange(n_bundles) + 10.0) ** 0.8  # power-law popularity over a shuffled catalog
+    bundle_of_rank = rng.permutation(n_bundles)
+    pick_bundle = bundle_of_rank[rng.choice(n_bundles, size=n_picks, p=weights / weights.sum())]
+
+    # Expand each pick to its four items; keep the main product and ~85 % of the accessories.
+    role = np.tile(np.arange(ITEMS_PER_BUNDLE), n_picks)
+    keep = (role == 0) | (rng.random(role.size) < 0.85)
+    user = np.repeat(pick_user, ITEMS_PER_BUNDLE)[keep]
+    item = (np.repeat(pick_bundle, ITEMS_PER_BUNDLE) * ITEMS_PER_BUNDLE + role)[keep]
+    del role, keep
+    n_noise = n_interactions - user.size
+    if n_noise < 0:  # the two-per-user floor overshot: drop random bundle rows
+        rows = np.sort(rng.choice(user.size, size=n_interactions, replace=False))
+        user, item, n_noise = user[rows], item[rows], 0
+    rating = np.where(rng.random(user.size) < 0.7, 5.0, np.where(rng.random(user.size) < 0.8, 4.0, 3.0))
+    user = np.concatenate([user, rng.integers(0, n_users, n_noise)])
+    item = np.concatenate([item, rng.integers(0, n_items, n_noise)])
+    rating = np.concatenate([rating, rng.integers(1, 6, n_noise).astype(float)])
+
+    # Timestamps: each user's rows in purchase order, hours to days apart, from a per-user start.
+    order = np.lexsort((np.arange(user.size), user))
+    user, item, rating = user[order], item[order], rating[order]
+    gaps = rng.integers(3_600, 7 * 86_400, user.size)
+    clock = np.cumsum(gaps)
+    first = np.searchsorted(user, user, side="left")  # index of each user's first row
+    start = 1_600_000_000 + rng.integers(0, 3_000_000, n_users)
+    timestamp = start[user] + clock - clock[first] + gaps[first]
+    width = len(str(n_users - 1))
+    inter = pd.DataFrame({
+        "user_id": pd.Categorical.from_codes(user, [f"u{u:0{width}d}" for u in range(n_users)]),
+        "item_id": pd.Categorical.from_codes(item, items["item_id"].tolist()),
+        "rating": rating.astype(np.float32),
+        "timestamp": timestamp.astype(np.int64),
+    })
+    items["group"] = items["bundle"]
+    return inter, items

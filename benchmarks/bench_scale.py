@@ -107,8 +107,9 @@ def main(argv=None) -> int:
     p.add_argument("--m", type=int, default=512)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--out", default=str(RESULTS / "scale.json"), help="results JSON (default results/scale.json)")
-    p.add_argument("--steps-only", action="store_true",
-                   help="re-measure only the step of the sizes in results/scale.json (folders must exist)")
+    p.add_argument("--workers-only", action="store_true",
+                   help="re-measure only a worker's start-up and step for the sizes in --out (folders and tokens "
+                        "must exist from a full run)")
     args = p.parse_args(argv)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "true"}
     work = Path(args.work)
@@ -121,11 +122,12 @@ def main(argv=None) -> int:
         tiny_model(model)
     model = model / "st"
     rows = []
-    if args.steps_only:
+    if args.workers_only:
         rows = json.loads(Path(args.out).read_text())["rows"]
         for row in rows:
             data = work / f"shop-{row['users']}-{row['items']}-{row['interactions']}"
             code = dict(repo=str(REPO), data=str(data), model=str(model), msl=args.msl)
+            row["startup_s"], row["startup_mb"], _ = timed([PY, "-c", TOKENIZE.format(**code)], env)
             _, row["step_mb"], out = timed([PY, "-c", STEP.format(**code, m=args.m, reps=args.reps)], env)
             row["step_s"] = float(re.search(r"STEP ([\d.]+)", out).group(1))
             row["step_items"] = int(re.search(r"ITEMS (\d+)", out).group(1))
@@ -156,7 +158,7 @@ def main(argv=None) -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
         write(args, rows)
-    if args.steps_only:
+    if args.workers_only:
         write(args, rows)
     cols = [("users", "users"), ("items", "items"), ("interactions", "rows in"), ("kept_interactions", "kept"),
             ("prepare_s", "prepare s"), ("prepare_mb", "MB"), ("tokenize_s", "tokenize s"), ("tokenize_mb", "MB"),

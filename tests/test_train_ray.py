@@ -130,6 +130,7 @@ def test_a_second_or_restarted_worker_maps_the_catalog_instead_of_tokenizing(sho
     second = Recipe.setup(cfg, rank=1, world=2, device=torch.device("cpu"))
     restarted = Recipe.setup(cfg, rank=0, world=2, device=torch.device("cpu"))
     assert sum(calls) == n_items  # the others map it
+    assert "texts" not in second.data.__dict__  # nor do they read the item texts
     for other in (second, restarted):
         assert isinstance(other.catalog.ids, np.memmap)
         for name in ("ids", "offsets", "items"):

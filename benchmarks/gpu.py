@@ -27,7 +27,6 @@ Parts:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import datetime as dt
 import json

@@ -32,7 +32,7 @@ def test_replace_dir_swaps_only_a_complete_copy(tmp_path, monkeypatch):
     dst.mkdir()
     (dst / "weights").write_text("old")
 
-    def broken_copy(a, b):
+    def broken_copy(a, b, **kw):
         (tmp_path / "half").mkdir()
         raise OSError("disk full")
 
@@ -44,3 +44,22 @@ def test_replace_dir_swaps_only_a_complete_copy(tmp_path, monkeypatch):
     artifacts.replace_dir(src, dst)
     assert (dst / "weights").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "half") == ["checkpoint", "model"]
+
+
+def test_staged_dir_publishes_on_success_only_and_keeps_a_concurrent_finished_copy(tmp_path):
+    dst = tmp_path / "cache"
+    with pytest.raises(RuntimeError):
+        with artifacts.staged_dir(dst) as tmp:
+            (tmp / "half").write_text("x")
+            raise RuntimeError("crash mid-write")
+    assert list(tmp_path.iterdir()) == []  # neither the destination nor debris
+    with artifacts.staged_dir(dst) as tmp:
+        (tmp / "a").write_text("first")
+    # A second writer whose destination a finished copy already holds leaves that copy as it is...
+    with artifacts.staged_dir(dst, keep_existing=(dst / "a").is_file) as tmp:
+        (tmp / "a").write_text("second")
+    assert (dst / "a").read_text() == "first"
+    # ... while an unaccepted old folder is replaced.
+    with artifacts.staged_dir(dst, keep_existing=lambda: False) as tmp:
+        (tmp / "a").write_text("third")
+    assert (dst / "a").read_text() == "third" and [p.name for p in tmp_path.iterdir()] == ["cache"]

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import sys
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from beeray import __version__
-from beeray.artifacts import swap_dir, write_json
+from beeray.artifacts import staged_dir, write_json
 from beeray.data.loaders import DATASETS, GenericColumns, RawDataset, load_dataset
 from beeray.data.preprocess import Processed, combine, preprocess
 from beeray.data.splits import Split, item_split, time_split
@@ -252,15 +250,8 @@ def prepare(dataset: str, out: str | Path, source: str | Path | None = None, ite
         if not quiet:
             print(f"beeray prepare: warning: {w}", file=sys.stderr)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with staged_dir(out) as tmp:
         write_prepared(tmp, data, split, stats)
-        swap_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return PrepareResult(out, stats, False)
 
 

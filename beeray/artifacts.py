@@ -181,8 +181,20 @@ def result_row(res: dict) -> dict:
 
 # ---------------------------------------------------------------- a training run's files
 
-def write_history(history: list[dict], out: Path) -> pd.DataFrame:
-    frame = pd.DataFrame(history)
+def history_frame(history: list[dict], steps: list[dict]) -> pd.DataFrame:
+    """The training curve as one table: a row per optimizer step (`kind` step: its loss) and a row per
+    epoch (`kind` epoch: the epoch's mean loss and validation metrics; epoch 0 = the base model)."""
+    epochs = pd.DataFrame(history).assign(kind="epoch")
+    per_step = pd.DataFrame(steps).assign(kind="step")
+    frame = pd.concat([f for f in (epochs, per_step) if not f.empty], ignore_index=True) if history or steps \
+        else pd.DataFrame(columns=["kind", "epoch", "step", "loss"])
+    # Sorted along training: a step row sits before the row of the epoch it closes.
+    order = frame.assign(_end=(frame["kind"] == "epoch").astype(int)).sort_values(["step", "_end"], kind="stable")
+    return order.drop(columns="_end")[["kind"] + [c for c in frame.columns if c != "kind"]].reset_index(drop=True)
+
+
+def write_history(history: list[dict], steps: list[dict], out: Path) -> pd.DataFrame:
+    frame = history_frame(history, steps)
     write_csv(out / "history.csv", frame)
     if not frame.empty:
         plot_history(frame, out / "history.png")
@@ -196,16 +208,21 @@ def plot_history(frame: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    trained = frame[frame["epoch"] > 0]
-    ax.plot(trained["epoch"], trained["loss"], "o-", color="tab:red", label="training loss")
+    steps = frame[frame["kind"] == "step"]
+    epochs = frame[frame["kind"] == "epoch"]
+    trained = epochs[epochs["epoch"] > 0]
+    if not steps.empty:
+        ax.plot(steps["epoch"], steps["loss"], "-", color="tab:red", alpha=0.35, lw=1, label="step loss")
+    ax.plot(trained["epoch"], trained["loss"], "o-", color="tab:red", label="epoch mean loss")
     ax.set_xlabel("epoch (0 = the base model)")
     ax.set_ylabel("training loss (NMSE)", color="tab:red")
-    ax.set_xticks(frame["epoch"])
-    cols = [c for c in VAL_METRICS if c in frame]
+    ax.set_xticks(epochs["epoch"])
+    ax.legend(loc="upper center")
+    cols = [c for c in VAL_METRICS if c in epochs and epochs[c].notna().any()]
     if cols:
         ax2 = ax.twinx()
         for col in cols:
-            ax2.plot(frame["epoch"], frame[col], "s--", label=col.removeprefix("val_"))
+            ax2.plot(epochs["epoch"], epochs[col], "s--", label=col.removeprefix("val_"))
         ax2.set_ylabel("validation metric (cold-start items)")
         ax2.legend(loc="lower right")
     ax.set_title("beeray training")

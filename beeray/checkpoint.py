@@ -17,7 +17,8 @@ class TrainState:
     step_in_epoch: int = 0  # step of that epoch to run next
     global_step: int = 0
     epoch_losses: list[float] = field(default_factory=list)  # steps of the running epoch so far
-    history: list[dict] = field(default_factory=list)  # one row per finished epoch
+    history: list[dict] = field(default_factory=list)  # one row per finished epoch (epoch 0: the base model)
+    steps: list[dict] = field(default_factory=list)  # one row per optimizer step: the training curve's detail
     config: dict = field(default_factory=dict)
 
 

@@ -8,7 +8,7 @@ import sys
 
 from beeray.errors import BeerayError
 
-_COMMANDS = ["prepare", "evaluate", "train", "tune", "compare"]
+_COMMANDS = ["prepare", "evaluate", "train", "tune", "compare", "embed", "recommend"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -64,6 +64,11 @@ class TrainConfig:
     max_failures: int = 0  # worker-group restarts from the last checkpoint
     address: str | None = None  # Ray cluster address; None = local Ray (or RAY_ADDRESS)
     trust_remote_code: bool = False
+    # Run tracking (beeray/tracking.py): MLflow, logged by the driver. tracking_uri None = a SQLite
+    # store beside the run folder (<parent of out>/mlflow.db), no server needed.
+    tracking: Literal["mlflow", "none"] = "mlflow"
+    tracking_uri: str | None = None
+    experiment: str = "beeray"
     # Fault-tolerance drill: rank 0 raises at this global step unless the run was restored
     # from a checkpoint (0 = never). Shows that max_failures / --resume recover.
     crash_at_step: int = 0
@@ -86,7 +91,8 @@ class TrainConfig:
     # trajectory). Any other change (lr, m, encode_batch_size, amp, attention_dropout, ...) would
     # silently make a different run, so a checkpoint is only continued when all of them agree.
     RESUME_MAY_CHANGE = ("out", "address", "max_failures", "keep_checkpoints", "checkpoint_every",
-                         "eval_every_epoch", "evaluate_test", "crash_at_step", "epochs", "save_dtype")
+                         "eval_every_epoch", "evaluate_test", "crash_at_step", "epochs", "save_dtype",
+                         "tracking", "tracking_uri", "experiment")
 
     def resume_conflicts(self, saved: dict) -> list[str]:
         """`key: old -> new` for every setting that differs from the checkpoint's config."""
@@ -101,7 +107,8 @@ TRAIN_KEYS = frozenset(f.name for f in fields(TrainConfig))
 # Keys a trial may not change: where data/results live, what a trial is allowed to see (never test
 # items), and the resources per trial, which come from the train section.
 FIXED_KEYS = frozenset({"data", "out", "full_train", "evaluate_test", "eval_every_epoch", "address", "num_workers",
-                        "use_gpu", "cpus_per_worker", "gpus_per_worker", "crash_at_step", "max_failures"})
+                        "use_gpu", "cpus_per_worker", "gpus_per_worker", "crash_at_step", "max_failures",
+                        "tracking", "tracking_uri", "experiment"})
 SPEC_KEYS = {"loguniform": {"low", "high"}, "uniform": {"low", "high"}, "randint": {"low", "high"},
              "choice": {"values"}}
 

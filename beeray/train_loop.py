@@ -156,6 +156,8 @@ class Recipe:
             if self.rank == 0 and not self.restored and state.global_step == cfg.crash_at_step:
                 raise RuntimeError(f"crash_at_step: injected worker crash at step {state.global_step}")
             state.step_in_epoch = step + 1
+            state.steps.append({"step": state.global_step, "epoch": epoch + (step + 1) / n_steps, "loss": res.loss,
+                                "items": res.items})
             progress.update(step + 1, f"loss {res.loss:.5f}  |I_b| {res.items}  "
                                       f"items/s {n_items / (time.perf_counter() - t0):.0f}")
             if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0 and step + 1 < n_steps:

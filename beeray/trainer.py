@@ -24,8 +24,10 @@ RUN_NAME = "train"  # stable, so that re-running with --resume finds the run (Tr
 class TrainOutput:
     out: Path
     model_dir: Path
-    history: list[dict]
+    history: list[dict]  # per epoch
+    steps: list[dict]  # per optimizer step
     metrics: dict
+    mlflow_run: str | None = None
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
@@ -134,8 +136,9 @@ def fit(cfg: TrainConfig, data: PreparedData, *, run_config_callbacks: list | No
     return trainer.fit()
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, baseline: bool = True) -> TrainOutput:
-    """`beeray train`: fit, then save the model, its card, history and metrics under cfg.out."""
+def train(cfg: TrainConfig, *, resume: bool = False, baseline: bool = True, tags: dict | None = None) -> TrainOutput:
+    """`beeray train`: fit, then save the model, its card, history and metrics under cfg.out, and
+    log the run to MLflow (beeray/tracking.py; `tags` go on its MLflow run)."""
     import ray
     from ray.train import TrainingFailedError
 
@@ -159,14 +162,22 @@ def train(cfg: TrainConfig, *, resume: bool = False, baseline: bool = True) -> T
     if cfg.save_dtype != "float32":
         save_model(load_model(str(model_dir), device="cpu", trust_remote_code=cfg.trust_remote_code),
                    model_dir, cfg.save_dtype)
-    artifacts.write_history(state.history, out)
+    artifacts.write_history(state.history, state.steps, out)
     # On a cluster the driver sits on the (CPU) head node: evaluate where the workers' devices are.
     gpus = cfg.gpus_per_worker if cfg.use_gpu else 0
     task = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=gpus)(final_metrics)
     metrics = ray.get(task.remote(cfg, data, model_dir, baseline=baseline))
     artifacts.write_json(out / "metrics.json", {"config": to_dict(cfg), "data": data.stats, **metrics})
     artifacts.model_card(model_dir, to_dict(cfg), data.stats, metrics)
-    return TrainOutput(out=out, model_dir=model_dir, history=state.history, metrics=metrics)
+    run_id = None
+    if cfg.tracking == "mlflow":
+        from beeray import tracking
+
+        run_id = tracking.log_training(cfg, out, state.history, state.steps, metrics, data.stats, tags)
+        print(f"beeray: MLflow run {run_id} in {tracking.tracking_uri(cfg)} (experiment {cfg.experiment!r})",
+              flush=True)
+    return TrainOutput(out=out, model_dir=model_dir, history=state.history, steps=state.steps, metrics=metrics,
+                       mlflow_run=run_id)
 
 
 def tokenize_catalog(cfg: TrainConfig, data: PreparedData) -> None:

@@ -108,7 +108,9 @@ def run_search(cfg: TuneConfig, *, resume: bool = False, callbacks: list | None 
     PreparedData.load(cfg.train.data)  # a missing or broken folder fails here, not in every trial
     out = _prepare_out(cfg, resume)
     init_ray(cfg.train.address)
-    tuner = _tuner(cfg, out, resume, callbacks)
+    from beeray.tracking import tune_callbacks
+
+    tuner = _tuner(cfg, out, resume, [*(callbacks or []), *tune_callbacks(cfg.train, out)])
     try:
         grid = tuner.fit()
     except TuneError as exc:  # the experiment itself broke (not a trial): its state is saved
@@ -151,15 +153,20 @@ def finish(cfg: TuneConfig, result_grid, *, resume: bool = False, baseline: bool
 
     final_dir = out / FINAL_DIR
     # epochs = the best trial's best epoch: the model the search actually scored (see module doc).
+    from beeray.tracking import tracking_uri
+
     final = from_dict(TrainConfig, {**to_dict(cfg.train), **best.config, "epochs": best.best_epoch,
-                                    "full_train": True, "evaluate_test": True, "out": str(final_dir)},
+                                    "full_train": True, "evaluate_test": True, "out": str(final_dir),
+                                    # the search's store, not one beside final/
+                                    "tracking_uri": tracking_uri(cfg.train)},
                       "final config").validate()
     if (final_dir / "metrics.json").exists() and resume:
         metrics = {k: v for k, v in json.loads((final_dir / "metrics.json").read_text()).items()
                    if k in ("base", "trained")}
     else:
         done_before = (final_dir / "ray").exists()
-        metrics = train(final, resume=resume and done_before, baseline=baseline).metrics
+        metrics = train(final, resume=resume and done_before, baseline=baseline,
+                        tags={"beeray.search": str(out), "beeray.role": "final retrain"}).metrics
     best_epoch_row = next(h for h in best.history if int(h["epoch"]) == best.best_epoch)
     artifacts.write_json(out / "best.json", {
         "trial_id": best.trial_id,

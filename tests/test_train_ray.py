@@ -47,11 +47,36 @@ def test_train_cli_writes_artifacts_and_learns(ray_session, shop, tiny_model_dir
     # The random tiny encoder knows nothing; two epochs of beeFormer must beat it clearly.
     assert metrics["trained"]["val"]["ndcg@100"] > metrics["base"]["val"]["ndcg@100"] + 0.05
     history = pd.read_csv(out / "history.csv")
-    assert list(history["epoch"]) == [0, 1, 2]  # epoch 0: the base model's validation
-    assert np.isnan(history["loss"].iloc[0]) and history["loss"].iloc[-1] < history["loss"].iloc[1]
-    assert history["val_ndcg@100"].iloc[0] == pytest.approx(metrics["base"]["val"]["ndcg@100"], rel=1e-6)
+    epochs, steps = history[history["kind"] == "epoch"], history[history["kind"] == "step"]
+    assert list(epochs["epoch"]) == [0, 1, 2]  # epoch 0: the base model's validation
+    assert np.isnan(epochs["loss"].iloc[0]) and epochs["loss"].iloc[-1] < epochs["loss"].iloc[1]
+    assert epochs["val_ndcg@100"].iloc[0] == pytest.approx(metrics["base"]["val"]["ndcg@100"], rel=1e-6)
+    # A row per optimizer step; each epoch's row holds the mean of its steps' losses.
+    n_users = len(pd.read_parquet(shop / "train.parquet"))
+    assert list(steps["step"]) == list(range(1, 2 * -(-n_users // 64) + 1))
+    for epoch in (1, 2):
+        mine = steps[(steps["epoch"] > epoch - 1) & (steps["epoch"] <= epoch)]
+        assert epochs["loss"].iloc[epoch] == pytest.approx(mine["loss"].mean(), rel=1e-9)
     assert (out / "history.png").stat().st_size > 1000
     assert "trained / test" in capsys.readouterr().out
+
+    # The run, read back through MLflow's own API from the default store beside the run folder.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("beeray")
+    assert experiment.artifact_location == (tmp_path / "mlartifacts").as_uri()  # beside the store, not ./mlruns
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "run" and run.info.status == "FINISHED"
+    assert run.data.params["lr"] == "0.001" and run.data.params["m"] == "96"
+    loss = client.get_metric_history(run.info.run_id, "loss")
+    assert [p.step for p in sorted(loss, key=lambda p: p.step)] == list(steps["step"])
+    np.testing.assert_allclose([p.value for p in sorted(loss, key=lambda p: p.step)], steps["loss"], rtol=1e-6)
+    val = {p.step: p.value for p in client.get_metric_history(run.info.run_id, "val_ndcg_at_100")}
+    assert val == pytest.approx(dict(zip(epochs["step"], epochs["val_ndcg@100"])), rel=1e-9)
+    assert run.data.metrics["trained_test_recall_at_20"] == pytest.approx(metrics["trained"]["test"]["recall@20"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"history.csv", "history.png", "metrics.json", "model"} <= artifacts
 
 
 @pytest.mark.parametrize("full_train", [False, True])
@@ -190,6 +215,9 @@ def test_crash_resume_equals_uninterrupted_run(ray_session, shop, tiny_model_dir
     assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
     np.testing.assert_allclose([h["loss"] for h in resumed.history[1:]], [h["loss"] for h in ref.history[1:]],
                                rtol=1e-5)
+    # The steps after the checkpoint are replayed, not recorded twice.
+    assert [r["step"] for r in resumed.steps] == [r["step"] for r in ref.steps]
+    np.testing.assert_allclose([r["loss"] for r in resumed.steps], [r["loss"] for r in ref.steps], rtol=1e-5)
 
     # FailureConfig: the worker group restarts by itself from the newest checkpoint.
     auto = train(_cfg(shop, tiny_model_dir, tmp_path / "auto", checkpoint_every=3, crash_at_step=5,

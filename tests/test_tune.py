@@ -158,6 +158,26 @@ def test_search_interrupted_resumed_then_best_retrained_and_tested_once(
             assert not [k for k in row if "test" in k], row
     assert (out / "final" / "model" / "config.json").exists()
 
+    # MLflow (the default store beside OUT): a run per trial through Ray's MLflowLoggerCallback,
+    # with its sampled values and every validation report, and the final retrain; read back
+    # through MLflow's own API.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("beeray").experiment_id])
+    assert all(r.data.tags["beeray.search"] == str(out) for r in runs)
+    trial_runs = {}
+    for r in runs:
+        if "trial_name" in r.data.tags:
+            trial_runs.setdefault(next(t for t in rows if t in r.data.tags["trial_name"]), []).append(r)
+    assert set(trial_runs) == set(rows)
+    for trial_id, its_runs in trial_runs.items():
+        logged = {p.value for r in its_runs for p in client.get_metric_history(r.info.run_id, "val_ndcg_at_100")}
+        assert {h["val_ndcg@100"] for h in rows[trial_id].history} <= logged  # every epoch's validation
+        assert float(its_runs[0].data.params["lr"]) == pytest.approx(rows[trial_id].config["lr"])
+    (final_run,) = [r for r in runs if r.data.tags.get("beeray.role") == "final retrain"]
+    assert final_run.data.metrics["trained_test_ndcg_at_100"] == pytest.approx(final["trained"]["test"]["ndcg@100"])
+
 
 @pytest.mark.slow
 def test_all_trials_failing_are_reported(ray_session, shop, tmp_path, capsys):

@@ -29,6 +29,8 @@ _FLAGS = {
     "--address": ("address", str, "Ray cluster address (default: local Ray, or RAY_ADDRESS)"),
     "--amp": ("amp", str, "auto | bf16 | off"),
     "--save-dtype": ("save_dtype", str, "precision of the saved model: float32 (default) | float16 | bfloat16"),
+    "--tracking-uri": ("tracking_uri", str, "MLflow store or server (default: sqlite:///<parent of --out>/mlflow.db)"),
+    "--experiment": ("experiment", str, "MLflow experiment name (default: beeray)"),
 }
 
 
@@ -54,6 +56,8 @@ def register(sub) -> None:
                    help="also train on the validation cold items (the final model)")
     p.add_argument("--no-eval", dest="eval_every_epoch", action="store_false", default=None,
                    help="skip validation after each epoch")
+    p.add_argument("--no-tracking", dest="tracking", action="store_const", const="none", default=None,
+                   help="do not log the run to MLflow")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other config key")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("--no-baseline", dest="baseline", action="store_false",
@@ -63,7 +67,8 @@ def register(sub) -> None:
 
 def config_from_args(args) -> TrainConfig:
     overrides = {field: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, (field, _, _) in _FLAGS.items()}
-    overrides.update(use_gpu=args.use_gpu, full_train=args.full_train, eval_every_epoch=args.eval_every_epoch)
+    overrides.update(use_gpu=args.use_gpu, full_train=args.full_train, eval_every_epoch=args.eval_every_epoch,
+                     tracking=args.tracking)
     overrides.update(parse_overrides(args.set))
     return train_config(args.config, overrides)
 

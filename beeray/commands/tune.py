@@ -29,6 +29,9 @@ def register(sub) -> None:
     )
     p.add_argument("--config", required=True, help="YAML with train: and search: sections (see experiments/tune-*)")
     p.add_argument("--out", help="output folder (default: train.out of the config)")
+    p.add_argument("--tracking-uri", help="MLflow store or server for the trials and the final run "
+                                          "(default: sqlite:///<parent of OUT>/mlflow.db)")
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted search in OUT: finished trials are kept, the rest resume")
     p.add_argument("--no-baseline", dest="baseline", action="store_false",
@@ -42,6 +45,10 @@ def run(args) -> int:
     from beeray.tune import tune
 
     cfg = load_tune_config(args.config, args.out)
+    if args.tracking_uri:
+        cfg.train.tracking_uri = args.tracking_uri
+    if args.no_tracking:
+        cfg.train.tracking = "none"
     result = tune(cfg, resume=args.resume, baseline=args.baseline)
     metric = cfg.search.metric
     table = results_frame(result.rows, cfg)

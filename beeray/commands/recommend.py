@@ -1,0 +1,74 @@
+"""`beeray recommend`: the top-k items for a history, with their texts (beeray/recommend.py)."""
+
+from __future__ import annotations
+
+import argparse
+
+from beeray.models import DEFAULT_MODEL
+
+WIDTH = 100  # characters of each item's text shown
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "recommend",
+        help="recommend items for a history of item ids (the evaluator's CBF scoring)",
+        description="Score every other item of the catalog for the given history exactly as `beeray evaluate` "
+                    "scores candidates (relu(x A Aᵀ - x) over unit-norm text embeddings) and print the top k "
+                    "with their texts. The embeddings come from --embeddings (a `beeray embed` folder) or are "
+                    "computed from --items with --model.",
+        epilog="examples:\n"
+               "  beeray recommend --model runs/demo/model --items data/shop --history P0001 -k 10\n"
+               "  beeray recommend --embeddings runs/ml/embeddings --items data/ml --history 1 2571 -k 20",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model folder or hub name (default: {DEFAULT_MODEL})")
+    p.add_argument("--items", help="catalog with the texts: prepared-data folder or a file (as `beeray embed`)")
+    p.add_argument("--embeddings", help="a `beeray embed` output folder (then --model is not used)")
+    p.add_argument("--history", nargs="+", required=True, metavar="ID", help="item ids the user has")
+    p.add_argument("-k", type=int, default=20, help="how many items (default: 20)")
+    p.add_argument("--id-column", default="item_id", help="id column of --items (default: item_id)")
+    p.add_argument("--text-column", default="text", help="text column of --items (default: text)")
+    p.add_argument("--batch-size", type=int, default=64, help="texts per encoder batch (default: 64)")
+    p.add_argument("--trust-remote-code", action="store_true", help="let the model run its own code")
+    p.set_defaults(func=run)
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= WIDTH else text[:WIDTH - 1] + "…"
+
+
+def run(args) -> int:
+    from beeray.artifacts import text_table
+    from beeray.errors import BeerayError
+    from beeray.recommend import recommend
+
+    items = None
+    if args.items:
+        from beeray.data.items import read_item_texts
+
+        items = read_item_texts(args.items, args.id_column, args.text_column, bad_rows="skip")
+    if args.embeddings:
+        from beeray.embed import load_embeddings
+
+        ids, emb = load_embeddings(args.embeddings)
+        source = args.embeddings
+    elif items is not None:
+        from beeray.evaluate import encode_items
+        from beeray.models import load_model
+
+        model = load_model(args.model, trust_remote_code=args.trust_remote_code)
+        ids, emb, source = items.ids, encode_items(model, items.texts, args.batch_size, show_progress=False), args.items
+    else:
+        raise BeerayError("give --items (to encode with --model, and for the texts) or --embeddings")
+    texts = dict(zip(map(str, items.ids), items.texts)) if items is not None else {}
+    recs = recommend(emb, ids, args.history, k=args.k, source=source)
+    print("history:")
+    for h in args.history:
+        print(f"  {h}  {_short(texts.get(str(h), ''))}")
+    print()
+    print(text_table(["rank", "item_id", "score", "text"],
+                     [[r + 1, rec.item_id, f"{rec.score:.4f}", _short(texts.get(rec.item_id, ""))]
+                      for r, rec in enumerate(recs)]))
+    return 0

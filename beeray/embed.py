@@ -1,0 +1,196 @@
+"""`beeray embed`: a trained model's item embeddings for any catalog, through Ray Data.
+
+The catalog (beeray/data/items.py: checked row by row) is cut into shards of `shard_size` items in
+file order. Ray Data hands the shards to a pool of encoder actors (`map_batches` with a class:
+each actor loads the model once; one actor per GPU, or per `cpus_per_worker` CPUs); each actor
+encodes its shard and writes it as one Parquet file, atomically. Layout of OUT:
+
+  embed.json                 what was embedded (model, catalog, shard size, dtype, each shard's
+                             digest), rows, dimension, items/s; "complete" once every shard exists
+  shards/part-00000.parquet  item_id (string), embedding (fixed-size list of float32 or float16,
+                             unit L2 norm: the vectors the evaluator's CBF scoring uses)
+  index.faiss                with --faiss: an inner-product index over all shards, rows in shard
+                             order (cosine similarity, since the rows have unit norm)
+
+Resumable: a shard file is written only when complete, and a re-run with the same model, catalog,
+shard size and dtype keeps every shard whose digest (its ids and texts) is unchanged, so a killed
+run continues where it stopped and a catalog that grew re-encodes only the shards that changed.
+On a cluster OUT must be storage that every node can write (NFS, a mounted bucket).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from beeray import artifacts
+from beeray.data.items import ItemTexts
+from beeray.errors import BeerayError
+
+MANIFEST = "embed.json"
+SHARDS = "shards"
+INDEX = "index.faiss"
+DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+def shard_path(out: Path, k: int) -> Path:
+    return out / SHARDS / f"part-{k:05d}.parquet"
+
+
+def shard_digest(ids, texts) -> str:
+    h = hashlib.sha256()
+    for i, t in zip(ids, texts):
+        h.update(str(i).encode())
+        h.update(b"\0")
+        h.update(t.encode())
+        h.update(b"\1")
+    return h.hexdigest()[:16]
+
+
+class ShardEncoder:
+    """A Ray Data actor: loads the model once, then encodes and writes one shard per call."""
+
+    def __init__(self, model: str, out: str, dtype: str, batch_size: int, trust_remote_code: bool):
+        import torch
+
+        from beeray.models import load_model
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = load_model(model, device=device, trust_remote_code=trust_remote_code)
+        self.out, self.dtype, self.batch_size = Path(out), DTYPES[dtype], batch_size
+
+    def __call__(self, batch: pa.Table) -> dict:
+        from beeray.evaluate import encode_items
+
+        shards, rows, seconds = [], [], []
+        for k, ids, texts in zip(batch.column("shard").to_pylist(), batch.column("ids").to_pylist(),
+                                 batch.column("texts").to_pylist()):
+            t0 = time.perf_counter()
+            emb = encode_items(self.model, texts, batch_size=self.batch_size, show_progress=False).astype(self.dtype)
+            flat = pa.array(emb.reshape(-1), type=pa.from_numpy_dtype(self.dtype))
+            table = pa.table({"item_id": pa.array(ids, pa.string()),
+                              "embedding": pa.FixedSizeListArray.from_arrays(flat, emb.shape[1])})
+            with artifacts.atomic_path(shard_path(self.out, k)) as tmp:
+                pq.write_table(table, tmp)
+            shards.append(k)
+            rows.append(len(ids))
+            seconds.append(time.perf_counter() - t0)
+        return {"shard": np.asarray(shards), "rows": np.asarray(rows), "seconds": np.asarray(seconds)}
+
+
+def plan(items: ItemTexts, shard_size: int) -> list[tuple[int, int, str]]:
+    """(start, stop, digest) of each shard."""
+    bounds = [(s, min(s + shard_size, len(items))) for s in range(0, len(items), shard_size)]
+    return [(a, b, shard_digest(items.ids[a:b], items.texts[a:b])) for a, b in bounds]
+
+
+def embed(model: str, items: ItemTexts, out: str | Path, *, shard_size: int = 100_000, workers: int = 2,
+          dtype: str = "float32", batch_size: int = 64, use_gpu: bool = False, cpus_per_worker: int = 1,
+          build_index: bool = False, address: str | None = None, trust_remote_code: bool = False,
+          log=print) -> dict:
+    """Embed `items` with `model` into OUT (see the module doc); returns the manifest."""
+    import ray
+
+    from beeray.models import resolve_model
+    from beeray.trainer import init_ray
+
+    if shard_size <= 0 or workers <= 0 or batch_size <= 0:
+        raise BeerayError("shard size, workers and batch size must be > 0")
+    if dtype not in DTYPES:
+        raise BeerayError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    out = Path(out).expanduser().resolve()
+    shards = plan(items, shard_size)
+    manifest = {"model": resolve_model(model), "items": items.source, "rows": len(items), "shard_size": shard_size,
+                "dtype": dtype, "shards": [d for _, _, d in shards], "skipped_rows": len(items.skipped),
+                "complete": False}
+    old = out / MANIFEST
+    before = json.loads(old.read_text()) if old.exists() else {**manifest, "shards": []}
+    if old.exists():
+        changed = [k for k in ("model", "shard_size", "dtype") if before.get(k) != manifest[k]]
+        if changed:
+            raise BeerayError(f"{out} holds embeddings made with another {', '.join(changed)} "
+                              f"({', '.join(f'{k}={before.get(k)!r}' for k in changed)}): choose another --out")
+    done = {k for k, (_, _, d) in enumerate(shards)
+            if k < len(before["shards"]) and before["shards"][k] == d and shard_path(out, k).exists()}
+    (out / SHARDS).mkdir(parents=True, exist_ok=True)
+    for partial in (out / SHARDS).glob(".part-*.tmp"):
+        partial.unlink()  # a shard a killed run was writing
+    for stale in (out / SHARDS).glob("part-*.parquet"):
+        if int(stale.stem.removeprefix("part-")) not in done:
+            stale.unlink()  # a shard of other texts, or beyond the catalog's new end
+    artifacts.write_json(old, manifest)
+    pending = [k for k in range(len(shards)) if k not in done]
+    log(f"embedding {len(items):,} items in {len(shards)} shards of {shard_size:,}: {len(done)} already done, "
+        f"{len(pending)} to encode with {workers} encoder actor(s)")
+    t0 = time.perf_counter()
+    encoded = 0
+    if pending:
+        init_ray(address)
+        # One block per shard, built here: no read or repartition task that would wait for a CPU the
+        # encoder actors hold (2 actors x 1 CPU take a whole 2-core machine).
+        blocks = [pa.table({"shard": pa.array([k], pa.int64()),
+                            "ids": pa.array([list(items.ids[shards[k][0]:shards[k][1]])], pa.list_(pa.string())),
+                            "texts": pa.array([items.texts[shards[k][0]:shards[k][1]]], pa.list_(pa.string()))})
+                  for k in pending]
+        resources = {"num_gpus": 1} if use_gpu else {"num_cpus": cpus_per_worker}
+        results = ray.data.from_arrow(blocks).map_batches(
+            ShardEncoder, batch_size=1, batch_format="pyarrow", concurrency=workers,
+            fn_constructor_kwargs={"model": model, "out": str(out), "dtype": dtype, "batch_size": batch_size,
+                                   "trust_remote_code": trust_remote_code}, **resources)
+        for row in results.iter_rows():
+            encoded += int(row["rows"])
+            rate = encoded / (time.perf_counter() - t0)
+            log(f"shard {int(row['shard'])} written ({int(row['rows']):,} items, {row['seconds']:.1f} s); "
+                f"{encoded:,}/{len(items):,} items this run, {rate:,.0f} items/s")
+    seconds = time.perf_counter() - t0
+    missing = [k for k in range(len(shards)) if not shard_path(out, k).exists()]
+    if missing:
+        raise BeerayError(f"{out}: shards {missing[:5]} were not written; re-run to finish them")
+    dim = pq.read_schema(shard_path(out, 0)).field("embedding").type.list_size
+    manifest.update(complete=True, dim=int(dim), encoded_this_run=encoded, seconds_this_run=round(seconds, 3),
+                    items_per_s=round(encoded / seconds, 1) if encoded else None)
+    if build_index:
+        write_index(out, len(shards))
+        manifest["index"] = INDEX
+    artifacts.write_json(old, manifest)
+    return manifest
+
+
+def load_embeddings(out: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(item ids, float32 embeddings) of a complete `beeray embed` folder, rows in shard order."""
+    out = Path(out).expanduser()
+    if not (out / MANIFEST).is_file():
+        raise BeerayError(f"{out}: no {MANIFEST} (not a `beeray embed` output folder)")
+    manifest = json.loads((out / MANIFEST).read_text())
+    if not manifest.get("complete"):
+        raise BeerayError(f"{out}: the embedding run did not finish; re-run `beeray embed` to complete it")
+    return _read_shards(out, len(manifest["shards"]))
+
+
+def _read_shards(out: Path, n_shards: int) -> tuple[np.ndarray, np.ndarray]:
+    ids, rows = [], []
+    for k in range(n_shards):
+        table = pq.read_table(shard_path(out, k))
+        ids.append(np.asarray(table.column("item_id").to_pylist(), dtype=object))
+        col = table.column("embedding").combine_chunks()
+        rows.append(col.values.to_numpy().reshape(len(col), col.type.list_size).astype(np.float32))
+    return np.concatenate(ids), np.concatenate(rows)
+
+
+def write_index(out: Path, n_shards: int) -> None:
+    """An exact inner-product FAISS index over the embeddings (cosine: the rows have unit norm)."""
+    try:
+        import faiss
+    except ImportError:
+        raise BeerayError("--faiss needs the faiss-cpu package: pip install 'beeray[faiss]'") from None
+    _, emb = _read_shards(out, n_shards)
+    index = faiss.IndexFlatIP(emb.shape[1])
+    index.add(emb)
+    with artifacts.atomic_path(out / INDEX) as tmp:
+        faiss.write_index(index, str(tmp))

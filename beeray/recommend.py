@@ -1,0 +1,51 @@
+"""`beeray recommend`: the top-k items for one history, scored exactly as the evaluator scores.
+
+A history is a set of item ids; every other item of the catalog is a candidate (what a user
+already has is never recommended, as in the evaluator's time split). The scores are the
+evaluator's CBF scorer, relu(x Â Âᵀ − x) over the candidates, and the ranking is its top-k (ties
+by catalog order), so what a person sees here is what `beeray evaluate` measures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from beeray.errors import BeerayError
+from beeray.evaluate import CBFScorer, top_k_rows
+
+
+@dataclass
+class Recommendation:
+    item_id: str
+    score: float
+    row: int  # the item's row in the catalog
+
+
+def history_rows(ids: np.ndarray, history: list[str], source: str) -> np.ndarray:
+    position = {str(i): r for r, i in enumerate(ids)}
+    unknown = [h for h in history if str(h) not in position]
+    if unknown:
+        raise BeerayError(f"{source}: no item with id {', '.join(repr(u) for u in unknown[:5])}"
+                          f"{' and more' if len(unknown) > 5 else ''}")
+    return np.unique([position[str(h)] for h in history])
+
+
+def recommend(item_emb: np.ndarray, ids: np.ndarray, history: list[str], k: int = 20,
+              source: str = "the catalog") -> list[Recommendation]:
+    """The k best candidates for `history` (item ids) by CBF over unit-norm `item_emb` rows."""
+    if not history:
+        raise BeerayError("an empty history: give at least one item id")
+    if k <= 0:
+        raise BeerayError(f"k must be > 0, got {k}")
+    rows = history_rows(ids, history, source)
+    n = len(ids)
+    candidates = np.setdiff1d(np.arange(n), rows)
+    if candidates.size == 0:
+        raise BeerayError("the history holds every item of the catalog: nothing left to recommend")
+    x = sp.csr_matrix((np.ones(rows.size), rows, [0, rows.size]), shape=(1, n))
+    scores = CBFScorer(item_emb).scores(x, candidates)
+    top = top_k_rows(scores, min(k, candidates.size))[0]
+    return [Recommendation(str(ids[candidates[c]]), float(scores[0, c]), int(candidates[c])) for c in top]

@@ -9,7 +9,8 @@ CalibratedRecallK and NDCGK, with a bootstrap standard error.
 
 Memory is bounded by the user batch: the only dense block is users x candidates, and the batch
 shrinks when the candidates are many (a time split ranks the whole catalog), so a large catalog
-never allocates users x items.
+never allocates users x items. Only the top 100 of each row matter to any metric: long rows are
+narrowed to them with one pass over the block (top_k_rows), and RecPack sees a sparse top 100.
 """
 
 from __future__ import annotations
@@ -33,9 +34,13 @@ STRATA = ("head", "middle", "tail")  # thirds of the candidates' target interact
 POPULARITY_METRICS: tuple[str, ...] = (*(f"recall@20_{s}" for s in STRATA), "recall@20_micro",
                                        "popularity_percentile@20")
 TOP_N = 100  # the largest K of any metric: nothing below rank 100 can change a result
-# Largest users x candidates score block (float64) one batch may hold: 2^23 elements = 64 MB, plus
-# about twice that in ranking temporaries. A batch has fewer users when the candidates are many.
-MAX_BLOCK = 1 << 23
+# Largest users x candidates score block (float64) one scoring batch may hold: 2^24 elements =
+# 128 MB. A batch has fewer users when the candidates are many (16 for a 10^6-item catalog). Ranking
+# adds little to the block (group maxima and the few groups read back, see top_k_rows), and each
+# block is freed before the next is made: scoring alone peaked at +138 MB at 10^6 candidates, where
+# the 2^23 bound of the partition-based ranking peaked at +183 MB. More users per matrix product
+# read the candidate embeddings fewer times.
+MAX_BLOCK = 1 << 24
 
 
 class Scorer(Protocol):
@@ -69,12 +74,36 @@ def encode_items(model, texts: list[str], batch_size: int = 64, show_progress: b
     return np.ascontiguousarray(emb, dtype=np.float32)
 
 
+def candidate_positions(candidates: np.ndarray, n_items: int) -> np.ndarray | None:
+    """Per item, its position among `candidates` (-1 when it is not one); None if a candidate repeats.
+
+    With it, the entries of x[:, candidates] are found by one lookup per stored entry of x: scipy's
+    column fancy indexing argsorts the whole candidate array on every call (~8 ms for 10^6 candidates,
+    twice per batch).
+    """
+    pos = np.full(n_items, -1, dtype=np.int64)
+    pos[candidates] = np.arange(len(candidates))
+    return pos if np.count_nonzero(pos >= 0) == len(candidates) else None
+
+
+def in_candidates(x: sp.csr_matrix, candidates: np.ndarray,
+                  cand_pos: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, candidate position, value) of every stored entry of x[:, candidates], in x's entry order."""
+    if cand_pos is None:  # repeated candidates: scipy duplicates the column, the lookup could not
+        own = x[:, candidates].tocoo()
+        return own.row, own.col, own.data
+    pos = cand_pos[x.indices]
+    hit = pos >= 0
+    rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
+    return rows[hit], pos[hit], x.data[hit]
+
+
 def cbf_scores(item_emb: np.ndarray, x: sp.csr_matrix, cand: np.ndarray,
-               emb_cand: np.ndarray | None = None) -> np.ndarray:
+               emb_cand: np.ndarray | None = None, cand_pos: np.ndarray | None = None) -> np.ndarray:
     """relu(x Â Â_candᵀ − x[:, cand]) for a batch of users x (batch x n_items, sparse), in float64.
 
     Only the embeddings of the items in the batch's histories are read (and upcast), so the
-    cost in memory is the batch's items x d, not the catalog's.
+    cost in memory is the batch's items x d, not the catalog's. cand_pos: candidate_positions(cand).
     """
     x = sp.csr_matrix(x, dtype=np.float64)
     used = np.unique(x.indices)
@@ -82,8 +111,8 @@ def cbf_scores(item_emb: np.ndarray, x: sp.csr_matrix, cand: np.ndarray,
     if emb_cand is None:
         emb_cand = np.asarray(item_emb[cand], dtype=np.float64)
     scores = profile @ emb_cand.T
-    own = x[:, cand].tocoo()  # the − x_cand term, without a second dense users x candidates array
-    scores[own.row, own.col] -= own.data
+    r, c, v = in_candidates(x, cand, cand_pos)  # the − x_cand term, without a dense users x candidates copy
+    scores[r, c] -= v
     np.maximum(scores, 0.0, out=scores)
     return scores
 
@@ -95,25 +124,20 @@ class CBFScorer:
         self.item_emb = np.asarray(item_emb, dtype=np.float32)
         self._cand: np.ndarray | None = None
         self._emb_cand: np.ndarray | None = None
+        self._cand_pos: np.ndarray | None = None
 
     def scores(self, source: sp.csr_matrix, candidates: np.ndarray) -> np.ndarray:
         if self._cand is not candidates:  # the evaluator passes one array for the whole split
             self._cand, self._emb_cand = candidates, self.item_emb[candidates].astype(np.float64)
-        return cbf_scores(self.item_emb, source, candidates, emb_cand=self._emb_cand)
+            self._cand_pos = candidate_positions(candidates, self.item_emb.shape[0])
+        return cbf_scores(self.item_emb, source, candidates, emb_cand=self._emb_cand, cand_pos=self._cand_pos)
 
 
 # ---------------------------------------------------------------- ranking and metrics
 
-def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of each row's k highest scores, best first.
-
-    Ties are broken by the lower column index so results never depend on
-    argpartition's arbitrary order (and are reproducible across runs/machines).
-    """
+def _top_k_dense(scores: np.ndarray, k: int) -> np.ndarray:
+    """top_k_rows by partitioning whole rows (small rows, and rows the grouped search cannot narrow)."""
     n_rows, n_cols = scores.shape
-    k = min(k, n_cols)
-    if k == 0 or n_rows == 0:
-        return np.zeros((n_rows, 0), dtype=np.int64)
     kth = np.partition(scores, n_cols - k, axis=1)[:, n_cols - k]  # k-th largest per row
     above = scores > kth[:, None]
     tied = scores == kth[:, None]
@@ -122,6 +146,70 @@ def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
     cols = np.nonzero(take)[1].reshape(n_rows, k)  # ascending column order within each row
     order = np.argsort(-np.take_along_axis(scores, cols, axis=1), axis=1, kind="stable")
     return np.take_along_axis(cols, order, axis=1)
+
+
+def _n_groups(n_cols: int, k: int) -> int:
+    """Groups for the grouped top-k search of a row of n_cols (0: rank the row densely).
+
+    About sqrt(n_cols / k) members per group balances the two costs that depend on the grouping:
+    partitioning the group maxima (n_cols / members) and reading the hit groups (~k x members).
+    With fewer than 8k groups the threshold would not narrow the row enough to pay off.
+    """
+    members = max(1, round(float(np.sqrt(n_cols / max(k, 1)))))
+    groups = n_cols // members
+    return groups if groups >= 8 * k else 0
+
+
+def top_k_rows(scores: np.ndarray, k: int, groups: int | None = None) -> np.ndarray:
+    """Column indices of each row's k highest scores, best first.
+
+    Ties are broken by the lower column index so results never depend on
+    argpartition's arbitrary order (and are reproducible across runs/machines):
+    the ranking is the first k of the row sorted by (score descending, column ascending).
+
+    Long rows (a time split ranks the whole catalog) are not partitioned whole. Each row's columns
+    are dealt into `groups` strided groups (column j goes to group j mod groups); t = the k-th
+    largest of the group maxima is a lower bound on the row's k-th largest score (k groups each hold
+    an element >= t), so every element of the top k scores >= t and sits in a group whose maximum
+    is >= t. Only those groups are read back and sorted. This costs one pass over the row (the
+    group maxima) instead of a partition, compares, a cumulative sum and a nonzero over it, and it
+    returns exactly what the dense selection returns, ties included. Rows with NaN, or whose
+    threshold is not selective (many tied groups), are ranked densely. groups: for tests, to force
+    the grouped search on small rows; None chooses (see _n_groups).
+    """
+    n_rows, n_cols = scores.shape
+    k = min(k, n_cols)
+    if k == 0 or n_rows == 0:
+        return np.zeros((n_rows, 0), dtype=np.int64)
+    groups = min(_n_groups(n_cols, k) if groups is None else groups, n_cols)
+    if groups < k:
+        return _top_k_dense(scores, k)
+
+    members = n_cols // groups  # the last n_cols mod groups columns give groups 0, 1, ... one more
+    main = groups * members
+    gmax = scores[:, :main].reshape(n_rows, members, groups).max(axis=1)  # a view: no copy of the block
+    tail = scores[:, main:]
+    np.maximum(gmax[:, :tail.shape[1]], tail, out=gmax[:, :tail.shape[1]])
+    t = np.partition(gmax, groups - k, axis=1)[:, groups - k]  # k-th largest group maximum
+    hit = gmax >= t[:, None]
+    # rows where the hit groups hold over an eighth of the row (ties) gain nothing: rank them densely
+    dense = np.isnan(gmax).any(axis=1) | (hit.sum(axis=1) * (members + 1) > n_cols // 8)
+
+    fast = np.flatnonzero(~dense)
+    r, g = np.nonzero(hit[fast])
+    rows = fast[r]
+    cols = g[:, None] + groups * np.arange(members + 1)  # the members of each hit group, ascending
+    vals = scores[rows[:, None], np.minimum(cols, n_cols - 1)]
+    keep = (cols < n_cols) & (vals >= t[rows, None])
+    rows, cols, vals = np.broadcast_to(rows[:, None], cols.shape)[keep], cols[keep], vals[keep]
+    order = np.lexsort((cols, -vals, rows))  # by row, then score descending, then lower column
+    counts = np.bincount(rows, minlength=n_rows)  # >= k in every fast row (see above)
+    first = np.cumsum(counts) - counts
+    top = np.empty((n_rows, k), dtype=np.int64)
+    top[fast] = cols[order][first[fast, None] + np.arange(k)]
+    if dense.any():
+        top[dense] = _top_k_dense(scores[dense], k)
+    return top
 
 
 def _per_user(metric, y_true: sp.csr_matrix, y_pred: sp.csr_matrix) -> np.ndarray:
@@ -223,25 +311,39 @@ def score_split(
     top20 = np.zeros((len(rows), min(20, cand.size)), dtype=np.int64)
     top20_valid = np.zeros(top20.shape, dtype=bool)
 
-    batch_users = max(1, min(batch_users, MAX_BLOCK // max(cand.size, 1)))
-    starts = range(0, len(rows), batch_users)
-    for start in tqdm(starts, desc="scoring users", disable=not show_progress):
+    # Two batch sizes: RecPack runs on `batch_users` users at a time (its cost is mostly per call),
+    # while the scorer and the ranking see at most MAX_BLOCK scores at once (16 users when every one
+    # of 10^6 items is a candidate). Each user's metrics depend on that user's ranking only. (The
+    # float64 product itself can differ in the last bit with the number of users per product: with
+    # this machine's OpenBLAS, 1 user goes through gemv; at 10^6 candidates 2-44 users give the same bits.)
+    score_users = max(1, min(batch_users, MAX_BLOCK // max(cand.size, 1)))
+    cand_pos = candidate_positions(cand, source.shape[1]) if exclude_source else None
+    k = min(TOP_N, cand.size)
+    progress = tqdm(total=len(rows), desc="scoring users", unit="user", disable=not show_progress)
+    for start in range(0, len(rows), batch_users):
         batch = rows[start:start + batch_users]
-        x = source[batch]
-        scores = np.asarray(scorer.scores(x, cand), dtype=np.float64)
-        if scores.shape != (len(batch), cand.size):
-            raise BeerayError(f"{type(scorer).__name__} returned scores of shape {scores.shape}, "
-                              f"expected {(len(batch), cand.size)} (users x candidates)")
-        if exclude_source:
-            r, c = x[:, cand].nonzero()
-            scores[r, c] = -np.inf
-        top = top_k_rows(scores, TOP_N)
-        # Encode the rank as a distinct positive value (TOP_N for the best) so RecPack's own
-        # top-K selection reproduces this ranking exactly, including zero scores and ties.
-        valid = np.isfinite(np.take_along_axis(scores, top, axis=1))
+        top = np.zeros((len(batch), k), dtype=np.int64)
+        valid = np.zeros(top.shape, dtype=bool)
+        for sub in range(0, len(batch), score_users):
+            users = batch[sub:sub + score_users]
+            x = source[users]
+            scores = np.asarray(scorer.scores(x, cand), dtype=np.float64)
+            if scores.shape != (len(users), cand.size):
+                raise BeerayError(f"{type(scorer).__name__} returned scores of shape {scores.shape}, "
+                                  f"expected {(len(users), cand.size)} (users x candidates)")
+            if exclude_source:
+                r, c, v = in_candidates(x, cand, cand_pos)
+                scores[r[v != 0], c[v != 0]] = -np.inf
+            part = slice(sub, sub + len(users))
+            top[part] = top_k_rows(scores, k)
+            valid[part] = np.isfinite(np.take_along_axis(scores, top[part], axis=1))
+            del scores  # else the next block is allocated before this one is freed
+            progress.update(len(users))
         top20[start:start + len(batch)] = top[:, :top20.shape[1]]
         top20_valid[start:start + len(batch)] = valid[:, :top20.shape[1]]
-        rank_value = np.broadcast_to(np.arange(TOP_N, TOP_N - top.shape[1], -1, dtype=np.float64), top.shape)
+        # Encode the rank as a distinct positive value (TOP_N for the best) so RecPack's own
+        # top-K selection reproduces this ranking exactly, including zero scores and ties.
+        rank_value = np.broadcast_to(np.arange(TOP_N, TOP_N - k, -1, dtype=np.float64), top.shape)
         row_idx = np.broadcast_to(np.arange(len(batch))[:, None], top.shape)
         y_pred = sp.csr_matrix(
             (rank_value[valid], (row_idx[valid], top[valid])), shape=(len(batch), len(cand))
@@ -249,6 +351,7 @@ def score_split(
         y_true = y_true_all[batch]
         for j, name in enumerate(METRICS):
             per_user[start:start + len(batch), j] = _per_user(metrics[name], y_true, y_pred)
+    progress.close()
 
     n = len(rows)
     # every kept user has a target, so RecPack must have returned a value for each

@@ -191,3 +191,25 @@ def test_embed_killed_midway_resumes_without_reencoding(shop, tiny_model_dir, tm
     _, nn = index.search(emb[[123]], 11)
     recs = recommend(emb, ids, ["x00123"], k=10)
     assert [ids[j] for j in nn[0] if j != 123][:10] == [r.item_id for r in recs]
+
+
+def test_a_float16_shard_reads_back_as_the_models_embeddings(tiny_model_dir, tmp_path):
+    """One encoder actor's work, called in-process: the shard file holds float16 and reads back as
+    float32 rows equal to the model's unit-norm embeddings up to float16 rounding."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from beeray.embed import ShardEncoder, _read_shards, shard_path
+    from beeray.evaluate import encode_items
+    from beeray.models import load_model
+
+    texts = ["a laser printer", "black toner cartridge", "a tent for two"]
+    encoder = ShardEncoder(str(tiny_model_dir), str(tmp_path), "float16", 2, False)
+    done = encoder(pa.table({"shard": [3], "ids": [["p", "t", "c"]], "texts": [texts]}))
+    assert done["shard"].tolist() == [3] and done["rows"].tolist() == [3]
+    assert pq.read_schema(shard_path(tmp_path, 3)).field("embedding").type.value_type == pa.float16()
+    (tmp_path / "shards" / "part-00000.parquet").symlink_to(shard_path(tmp_path, 3))
+    ids, emb = _read_shards(tmp_path, 1)
+    want = encode_items(load_model(str(tiny_model_dir)), texts, show_progress=False)
+    assert list(ids) == ["p", "t", "c"] and emb.dtype == np.float32
+    np.testing.assert_allclose(emb, want, rtol=0, atol=2e-3)

@@ -30,6 +30,14 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="encoder device (default: auto)")
 
 
+def add_catalog_options(p: argparse.ArgumentParser) -> None:
+    """How `embed` and `recommend` read a catalog file (beeray/data/items.py) and run its encoder."""
+    p.add_argument("--id-column", default="item_id", help="id column of --items (default: item_id)")
+    p.add_argument("--text-column", default="text", help="text column of --items (default: text)")
+    p.add_argument("--batch-size", type=int, default=64, help="texts per encoder batch (default: 64)")
+    p.add_argument("--trust-remote-code", action="store_true", help="let the model run its own code")
+
+
 def eval_kwargs(args) -> dict:
     """The evaluator's keyword arguments from the shared options."""
     return {"batch_users": args.batch_users, "bootstrap": args.bootstrap, "seed": args.seed}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from beeray.commands import add_catalog_options
 from beeray.models import DEFAULT_MODEL
 
 
@@ -29,19 +30,16 @@ def register(sub) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model folder or hub name (default: {DEFAULT_MODEL})")
     p.add_argument("--items", required=True, help="catalog: file or folder (see below)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--id-column", default="item_id", help="id column (default: item_id)")
-    p.add_argument("--text-column", default="text", help="text column (default: text)")
+    add_catalog_options(p)
     p.add_argument("--bad-rows", choices=["refuse", "skip"], default="refuse",
                    help="rows without id or text, or repeating an id: refuse the file (default) or skip them")
     p.add_argument("--shard-size", type=int, default=100_000, help="items per output shard (default: 100000)")
     p.add_argument("--workers", type=int, default=2, help="encoder actors (default: 2)")
     p.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs per actor without --use-gpu (default: 1)")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per actor")
-    p.add_argument("--batch-size", type=int, default=64, help="texts per encoder batch (default: 64)")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="stored precision")
     p.add_argument("--faiss", action="store_true", help="also write OUT/index.faiss (needs beeray[faiss])")
     p.add_argument("--address", help="Ray cluster address (default: local Ray, or RAY_ADDRESS)")
-    p.add_argument("--trust-remote-code", action="store_true", help="let the model run its own code")
     p.set_defaults(func=run)
 
 

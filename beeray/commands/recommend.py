@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from beeray.commands import add_catalog_options
 from beeray.models import DEFAULT_MODEL
 
 WIDTH = 100  # characters of each item's text shown
@@ -27,10 +28,7 @@ def register(sub) -> None:
     p.add_argument("--embeddings", help="a `beeray embed` output folder (then --model is not used)")
     p.add_argument("--history", nargs="+", required=True, metavar="ID", help="item ids the user has")
     p.add_argument("-k", type=int, default=20, help="how many items (default: 20)")
-    p.add_argument("--id-column", default="item_id", help="id column of --items (default: item_id)")
-    p.add_argument("--text-column", default="text", help="text column of --items (default: text)")
-    p.add_argument("--batch-size", type=int, default=64, help="texts per encoder batch (default: 64)")
-    p.add_argument("--trust-remote-code", action="store_true", help="let the model run its own code")
+    add_catalog_options(p)
     p.set_defaults(func=run)
 
 

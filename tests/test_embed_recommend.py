@@ -155,9 +155,8 @@ def test_embed_killed_midway_resumes_without_reencoding(shop, tiny_model_dir, tm
     while len(_shards(out)) < 3 if (out / "shards").exists() else True:
         assert proc.poll() is None and time.time() < deadline, "embed ended or stalled before 3 shards"
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver's local Ray (raylet, GCS, actors) shares its session
     proc.wait()
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env)
     kept = _shards(out)
     total = n // size
     assert 3 <= len(kept) < total, f"{len(kept)} of {total} shards: the kill came too late to test resuming"
@@ -167,7 +166,6 @@ def test_embed_killed_midway_resumes_without_reencoding(shop, tiny_model_dir, tm
 
     # 2) The same command again: the finished shards stay as they are; only the rest is encoded.
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"{len(kept)} already done, {total - len(kept)} to encode" in done.stdout
     after = _shards(out)

@@ -217,16 +217,19 @@ def plot_history(frame: pd.DataFrame, path: Path) -> None:
     ax.set_xlabel("epoch (0 = the base model)")
     ax.set_ylabel("training loss (NMSE)", color="tab:red")
     ax.set_xticks(epochs["epoch"])
-    ax.legend(loc="upper center")
+    handles, labels = ax.get_legend_handles_labels()
     cols = [c for c in VAL_METRICS if c in epochs and epochs[c].notna().any()]
     if cols:
         ax2 = ax.twinx()
         for col in cols:
-            ax2.plot(epochs["epoch"], epochs[col], "s--", label=col.removeprefix("val_"))
+            ax2.plot(epochs["epoch"], epochs[col], "s--", label=f"val {col.removeprefix('val_')}")
         ax2.set_ylabel("validation metric (cold-start items)")
-        ax2.legend(loc="lower right")
+        more = ax2.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
     ax.set_title("beeray training")
-    fig.tight_layout()
+    # One legend for both axes, under the plot, where it cannot cover a curve.
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False, fontsize="small")
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     save_figure(fig, path)
 
 

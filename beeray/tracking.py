@@ -29,6 +29,7 @@ from pathlib import Path
 from ray.air.integrations.mlflow import MLflowLoggerCallback  # imports mlflow only when a callback starts
 
 from beeray.config import TrainConfig, to_dict
+from beeray.evaluate import METRICS
 
 # MLflow 3 sends usage telemetry unless told not to; beeray runs offline and tells it.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -76,7 +77,7 @@ def _client(cfg: TrainConfig):
 def log_training(cfg: TrainConfig, out: Path, history: list[dict], steps: list[dict], metrics: dict,
                  stats: dict, tags: dict | None = None) -> str:
     """One MLflow run for a finished `beeray train` run; returns its run id."""
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
     client, experiment_id = _client(cfg)
     run = client.create_run(experiment_id, run_name=Path(out).name,
@@ -101,7 +102,7 @@ def log_training(cfg: TrainConfig, out: Path, history: list[dict], steps: list[d
                 add(name, value, step)
     for who, per_split in metrics.items():
         for split, res in per_split.items():
-            for name in ("recall@20", "recall@50", "ndcg@100"):
+            for name in METRICS:
                 add(f"{who}_{split}_{name}", res[name], 0)
     # log_batch takes at most 1,000 metrics and 100 params per call.
     for i in range(0, len(params), 100):

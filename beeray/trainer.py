@@ -169,10 +169,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, baseline: bool = True, tags
     metrics = ray.get(task.remote(cfg, data, model_dir, baseline=baseline))
     artifacts.write_json(out / "metrics.json", {"config": to_dict(cfg), "data": data.stats, **metrics})
     artifacts.model_card(model_dir, to_dict(cfg), data.stats, metrics)
-    run_id = None
-    if cfg.tracking == "mlflow":
-        from beeray import tracking
+    from beeray import tracking
 
+    run_id = None
+    if tracking.enabled(cfg):
         run_id = tracking.log_training(cfg, out, state.history, state.steps, metrics, data.stats, tags)
         print(f"beeray: MLflow run {run_id} in {tracking.tracking_uri(cfg)} (experiment {cfg.experiment!r})",
               flush=True)

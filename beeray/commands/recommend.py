@@ -60,7 +60,7 @@ def run(args) -> int:
         ids, emb, source = items.ids, encode_items(model, items.texts, args.batch_size, show_progress=False), args.items
     else:
         raise BeerayError("give --items (to encode with --model, and for the texts) or --embeddings")
-    texts = dict(zip(map(str, items.ids), items.texts)) if items is not None else {}
+    texts = dict(zip(items.ids, items.texts)) if items is not None else {}
     recs = recommend(emb, ids, args.history, k=args.k, source=source)
     print("history:")
     for h in args.history:

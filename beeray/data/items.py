@@ -55,35 +55,38 @@ def read_item_texts(path: str | Path, id_col: str = "item_id", text_col: str = "
     files, csv_lines = _files(path)
     ids: list[np.ndarray] = []
     texts: list[np.ndarray] = []
-    where: list[np.ndarray] = []  # a human position per row, for the messages
     problems: list[str] = []
-    seen: dict[str, str] = {}
+    seen: dict[str, str] = {}  # id -> where it first appeared
+
     for f in files:
+        def where(i: int) -> str:  # a row's position as a person finds it in the file
+            return (f"{f.name + ' ' if len(files) > 1 else ''}{'line' if csv_lines else 'row'} "
+                    f"{i + (2 if csv_lines else 1)}")
+
         df = _read_table(f, [id_col, text_col], str_cols=(id_col,))
         raw_id, raw_text = df[id_col], df[text_col]
         id_str = raw_id.astype(str).str.strip()
         if pd.api.types.is_float_dtype(raw_id):  # parquet ids stored as floats: 12.0 -> "12"
             id_str = raw_id.map(lambda v: str(int(v)) if v == v and float(v).is_integer() else str(v))
         text_str = raw_text.astype(str)
-        pos = [f"{f.name + ' ' if len(files) > 1 else ''}{'line' if csv_lines else 'row'} "
-               f"{i + (2 if csv_lines else 1)}" for i in range(len(df))]
         ok = np.ones(len(df), dtype=bool)
         for i in np.flatnonzero(raw_id.isna().to_numpy() | (id_str == "").to_numpy()):
-            problems.append(f"{pos[i]}: missing id")
+            problems.append(f"{where(i)}: missing id")
             ok[i] = False
         for i in np.flatnonzero(raw_text.isna().to_numpy() | (text_str.str.strip() == "").to_numpy()):
             if ok[i]:
-                problems.append(f"{pos[i]}: missing text")
+                problems.append(f"{where(i)}: missing text")
             ok[i] = False
         id_values = id_str.to_numpy(dtype=object)
         for i in np.flatnonzero(ok):
-            first = seen.setdefault(id_values[i], pos[i])
-            if first != pos[i]:
-                problems.append(f"{pos[i]}: duplicate id {id_values[i]!r} (first at {first})")
+            first = seen.get(id_values[i])
+            if first is None:
+                seen[id_values[i]] = where(i)
+            else:
+                problems.append(f"{where(i)}: duplicate id {id_values[i]!r} (first at {first})")
                 ok[i] = False
         ids.append(id_values[ok])
         texts.append(text_str.to_numpy(dtype=object)[ok])
-        where.append(np.asarray(pos, dtype=object)[ok])
     if problems and bad_rows == "refuse":
         more = f" and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
         raise BeerayError(f"{path}: {len(problems)} bad row(s): {'; '.join(problems[:SHOWN])}{more} "

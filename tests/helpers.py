@@ -1,10 +1,12 @@
-"""Helpers for the tests (and the CPU mode of benchmarks/gpu.py): tiny models, small matrices."""
+"""Helpers for the tests (and the CPU mode of benchmarks/gpu.py): tiny models, small matrices, process trees."""
 
 from __future__ import annotations
 
 import functools
 import os
 import re
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +161,81 @@ def two_pass_grads(model, catalog, users, m, key, chunk_size, seed, device="cpu"
     res = train_step(model, capture, catalog, users, m=m, rng_key=key, chunk_size=chunk_size,
                      device=torch.device(device), amp=amp, **step_kw)
     return capture.grads, res
+
+
+# ---- processes, without psutil: /proc is enough on Linux --------------------------------------------------
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (which may hold spaces and parentheses)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"  # a zombie has exited: it writes nothing more
+
+
+def _pids() -> list[int]:
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+def process_tree(roots: list[int]) -> list[int]:
+    """The roots and all their descendants (Ray's daemons, workers and the job driver)."""
+    kids: dict[int, list[int]] = {}
+    for pid in _pids():
+        if (fields := _stat(pid)) is not None:
+            kids.setdefault(int(fields[1]), []).append(pid)
+    out, todo = [], list(roots)
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(kids.get(pid, []))
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def kill(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def with_env(marker: str) -> list[int]:
+    """Live processes whose environment holds the line `marker` (NAME=VALUE)."""
+    want = marker.encode()
+    found = []
+    for pid in _pids():
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if want in environ and _alive(pid):
+            found.append(pid)
+    return found
+
+
+def kill_run(root: int, marker: str, timeout: float = 60) -> None:
+    """SIGKILL a process, its descendants and every process started with `marker` in its environment,
+    and return once none of them is alive.
+
+    A local Ray's workers and actors put themselves in process groups of their own: a killpg of the
+    driver's group misses them, and an orphaned actor finishes the shard it was encoding before it
+    notices its raylet is gone. The marker finds them even once they are re-parented.
+    """
+    deadline = time.monotonic() + timeout
+    while pids := [pid for pid in {*process_tree([root]), *with_env(marker)} if _alive(pid)]:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"processes {pids} survived SIGKILL for {timeout:.0f} s")
+        kill(pids, signal.SIGKILL)
+        time.sleep(0.05)

@@ -3,10 +3,10 @@ ranking), and the catalog reader both use (bad rows named by line)."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ import scipy.sparse as sp
 from beeray.cli import main
 from beeray.data.items import read_item_texts
 from beeray.errors import BeerayError
+from tests.helpers import kill_run
 
 BEERAY = [sys.executable, "-m", "beeray.cli"]
 
@@ -147,15 +148,15 @@ def test_embed_killed_midway_resumes_without_reencoding(shop, tiny_model_dir, tm
     out = tmp_path / "emb"
     cmd = [*BEERAY, "embed", "--model", str(tiny_model_dir), "--items", str(catalog), "--out", str(out),
            "--shard-size", str(size), "--workers", "2", "--batch-size", "2", "--faiss"]
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    # 1) Killed (SIGKILL, driver and its local Ray) once a few shards are written.
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env=env)
+    run_id = uuid.uuid4().hex  # in the environment of the driver, its local Ray and the actors: kill_run finds them
+    env = {**os.environ, "RAY_ADDRESS": "", "BEERAY_TEST_RUN": run_id}
+    # 1) Killed (SIGKILL: the driver, its local Ray and the encoder actors) once a few shards are written.
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 240
     while len(_shards(out)) < 3 if (out / "shards").exists() else True:
         assert proc.poll() is None and time.time() < deadline, "embed ended or stalled before 3 shards"
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver's local Ray (raylet, GCS, actors) shares its session
+    kill_run(proc.pid, f"BEERAY_TEST_RUN={run_id}")  # returns once no process of the run is left to finish a shard
     proc.wait()
     kept = _shards(out)
     total = n // size

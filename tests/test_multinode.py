@@ -23,53 +23,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import cmdline, kill, process_tree
+
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent  # the venv's bin: ray, beeray
 JOB_TIMEOUT = 360  # seconds per job; generous for a loaded CI box (a job takes ~45-70 s on 2 idle cores)
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
-
-
-# ---- processes, without psutil: /proc is enough on Linux --------------------------------------------------
-
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # The command name may hold spaces and parentheses: the ppid follows the last ')'.
-        ppid = int(stat.rpartition(")")[2].split()[1])
-        kids.setdefault(ppid, []).append(int(entry))
-    return kids
-
-
-def _tree(roots: list[int]) -> list[int]:
-    """The roots and all their descendants (Ray's daemons, workers and the job driver)."""
-    kids, out, todo = _children(), [], list(roots)
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(kids.get(pid, []))
-    return out
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _kill(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def _free_ports(n: int) -> list[int]:
@@ -163,14 +123,14 @@ class Cluster:
         return "\n".join(f"--- {f.name}\n{f.read_text()[-4000:]}" for f in sorted(self.root.glob("*.log")))
 
     def stop(self) -> None:
-        pids = _tree([p.pid for p in self.procs])
-        _kill([p.pid for p in self.procs], signal.SIGTERM)  # --block cleans up its node's processes
+        pids = process_tree([p.pid for p in self.procs])
+        kill([p.pid for p in self.procs], signal.SIGTERM)  # --block cleans up its node's processes
         for p in self.procs:
             try:
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 pass
-        _kill(pids, signal.SIGKILL)  # whatever survived, ours only
+        kill(pids, signal.SIGKILL)  # whatever survived, ours only
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     # ---- jobs ----
@@ -251,7 +211,7 @@ def test_two_node_job_trains_across_both_nodes(cluster, inputs, tmp_path):
 
 
 def _train_workers(cluster: Cluster) -> list[int]:
-    return [pid for pid in _tree([p.pid for p in cluster.procs]) if "RayTrainWorker" in _cmdline(pid)]
+    return [pid for pid in process_tree([p.pid for p in cluster.procs]) if "RayTrainWorker" in cmdline(pid)]
 
 
 def test_killed_worker_recovers_from_checkpoint(cluster, inputs, tmp_path):

@@ -6,7 +6,7 @@ PYTHON ?= python3
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast bench results clean
+.PHONY: setup demo test test-fast bench results gpu-carry clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ results: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_step.py
 	$(BIN)/python benchmarks/bench_ray.py
+
+# What one `benchmarks/gpu.py --quick` run on a lent GPU machine carries (.gpu-carry/, under 64 MiB),
+# and the command line to run there (benchmarks/README.md, "On a GPU").
+gpu-carry: setup
+	bash benchmarks/gpu_carry.sh
 
 clean:
 	rm -rf runs data/shop

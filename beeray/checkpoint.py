@@ -20,6 +20,7 @@ class TrainState:
     history: list[dict] = field(default_factory=list)  # one row per finished epoch (epoch 0: the base model)
     steps: list[dict] = field(default_factory=list)  # one row per optimizer step: the training curve's detail
     config: dict = field(default_factory=dict)
+    scaler: dict = field(default_factory=dict)  # the fp16 GradScaler's state (scale, growth tracker); {} otherwise
 
 
 def save_checkpoint(path: Path, model, optimizer, state: TrainState) -> None:

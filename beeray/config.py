@@ -43,7 +43,9 @@ class TrainConfig:
     # the least memory. Size it to what the device has left after the model and optimizer.
     activation_memory: float = 0.0
     seed: int = 42
-    amp: Literal["auto", "bf16", "off"] = "auto"  # auto = bf16 on GPUs that support it, off on CPU
+    # auto = bf16 autocast on GPUs with native bf16 (compute capability >= 8.0), else fp32; fp16 =
+    # autocast with loss scaling (older GPUs); off = fp32 (beeray/precision.py).
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     # Dropout on attention probabilities during training; None keeps the model's own (the paper's
     # setting). 0 makes a CPU step ~1.7x faster (the fused attention kernel has no dropout).
     attention_dropout: float | None = None
@@ -58,7 +60,8 @@ class TrainConfig:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: int = 1
-    gpus_per_worker: float = 1.0
+    # Whole GPUs only: each worker trains on one device, and NCCL refuses two ranks on one GPU.
+    gpus_per_worker: int = 1
     checkpoint_every: int = 0  # steps between checkpoints; 0 = at the end of each epoch only
     keep_checkpoints: int = 2
     max_failures: int = 0  # worker-group restarts from the last checkpoint
@@ -82,6 +85,9 @@ class TrainConfig:
         for name in ["checkpoint_every", "max_failures", "weight_decay", "activation_memory"]:
             if getattr(self, name) < 0:
                 raise BeerayError(f"{where}: {name} must be >= 0, got {getattr(self, name)!r}")
+        if self.use_gpu and self.gpus_per_worker < 1:
+            raise BeerayError(f"{where}: gpus_per_worker must be a positive integer with use_gpu (each worker "
+                              f"trains on a GPU of its own), got {self.gpus_per_worker!r}")
         if self.parallel == "items" and self.batch_size < self.num_workers:
             raise BeerayError(f"{where}: batch_size {self.batch_size} < num_workers {self.num_workers}")
         return self

@@ -2,8 +2,9 @@
 
 Ray Train sets up the torch.distributed process group: gloo on CPU, NCCL on GPU. NCCL has no CPU
 backend, so every tensor handed to a collective must live on the device the group was made for.
-`Comm` is built with that device and refuses any other: a CPU tensor in a CUDA run fails here,
-with a message, on every backend (gloo would accept it silently and hide the bug until NCCL).
+`Comm` is built with that device and refuses any other, index included: a CPU tensor in a CUDA
+run, or a `cuda:0` tensor in the `cuda:1` worker, fails here with a message on every backend
+(gloo would accept it silently and hide the bug until NCCL, which hangs or crashes on it).
 Host data (item ids, counts) goes through the numpy helpers, which place it on the device.
 Outside Ray, or with one worker, every call is the identity.
 """
@@ -27,15 +28,16 @@ class Comm:
         the collectives with a single rank (a one-GPU NCCL check of the device rule).
         """
         initialized = dist.is_available() and dist.is_initialized()
-        self.device = torch.device(device)
+        self.device = _indexed(torch.device(device))
         self.active = initialized and (dist.get_world_size() > 1 if active is None else active)
         self.rank = dist.get_rank() if self.active else 0
         self.world = dist.get_world_size() if self.active else 1
 
     def _check(self, t: torch.Tensor) -> torch.Tensor:
-        if t.device.type != self.device.type:
-            raise RuntimeError(f"collective on a {t.device} tensor, but this process group works on "
-                               f"{self.device} (NCCL has no CPU backend): create it on the training device")
+        if _indexed(t.device) != self.device:
+            raise RuntimeError(f"collective on a {t.device} tensor, but this process works on {self.device} "
+                               "(NCCL has no CPU backend, and each rank owns one GPU): create it on the "
+                               "training device")
         return t
 
     def all_reduce_(self, t: torch.Tensor) -> torch.Tensor:
@@ -89,6 +91,16 @@ class Comm:
             self.all_reduce_(flat)
             for g, piece in zip(bucket, flat.split([g.numel() for g in bucket])):
                 g.copy_(piece.view_as(g))
+
+
+def _indexed(device: torch.device) -> torch.device:
+    """`device` with its index made explicit (`cuda` -> `cuda:<current>`), so devices compare whole;
+    the CPU is one device whatever its index."""
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if device.index is None and device.type == "cuda":
+        return torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
+    return device
 
 
 def _buckets(tensors: list[torch.Tensor], max_elements: int) -> list[list[torch.Tensor]]:

@@ -3,17 +3,21 @@
 The catalog (beeray/data/items.py: checked row by row) is cut into shards of `shard_size` items in
 file order. Ray Data hands the shards to a pool of encoder actors (`map_batches` with a class:
 each actor loads the model once; one actor per GPU, or per `cpus_per_worker` CPUs); each actor
-encodes its shard and writes it as one Parquet file, atomically. Layout of OUT:
+encodes its shard and writes it as one Parquet file, atomically. On a GPU an actor encodes under
+autocast (`precision`, auto = bf16 where the GPU has it natively), in large batches (512 texts by
+default), and tokenizes with its `cpus_per_worker` CPUs (the fast tokenizer's thread pool), so that
+the GPU is not left waiting for one CPU. Layout of OUT:
 
   embed.json                 what was embedded (model, catalog, shard size, dtype, each shard's
                              digest), rows, dimension, items/s; "complete" once every shard exists
   shards/part-00000.parquet  item_id (string), embedding (fixed-size list of float32 or float16,
-                             unit L2 norm: the vectors the evaluator's CBF scoring uses)
+                             unit L2 norm in float32 whatever the compute precision: the vectors
+                             the evaluator's CBF scoring uses)
   index.faiss                with --faiss: an inner-product index over all shards, rows in shard
                              order (cosine similarity, since the rows have unit norm)
 
 Resumable: a shard file is written only when complete, and a re-run with the same model, catalog,
-shard size and dtype keeps every shard whose digest (its ids and texts) is unchanged, so a killed
+shard size, dtype and precision keeps every shard whose digest (its ids and texts) is unchanged, so a killed
 run continues where it stopped and a catalog that grew re-encodes only the shards that changed.
 On a cluster OUT must be storage that every node can write (NFS, a mounted bucket).
 """
@@ -37,6 +41,8 @@ MANIFEST = "embed.json"
 SHARDS = "shards"
 INDEX = "index.faiss"
 DTYPES = {"float32": np.float32, "float16": np.float16}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # beeray/precision.py; fp32 = no autocast
+BATCH_SIZE = {"cpu": 64, "gpu": 512}  # default texts per encoder batch: a GPU needs large ones to be busy
 
 
 def shard_path(out: Path, k: int) -> Path:
@@ -56,23 +62,43 @@ def shard_digest(ids, texts) -> str:
 class ShardEncoder:
     """A Ray Data actor: loads the model once, then encodes and writes one shard per call."""
 
-    def __init__(self, model: str, out: str, dtype: str, batch_size: int, trust_remote_code: bool):
+    def __init__(self, model: str, out: str, dtype: str, batch_size: int, trust_remote_code: bool,
+                 precision: str = "auto", cpus: int = 1):
+        import os
+
         import torch
 
         from beeray.models import load_model
+        from beeray.precision import resolve
 
+        # The fast tokenizer's thread pool is sized from the environment when it first runs: give it
+        # the actor's CPUs (Ray sets none of this; the Makefile turns parallelism off for tests).
+        os.environ["TOKENIZERS_PARALLELISM"] = "true" if cpus > 1 else "false"
+        os.environ["RAYON_NUM_THREADS"] = str(cpus)
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            torch.set_num_threads(cpus)
         self.model = load_model(model, device=device, trust_remote_code=trust_remote_code)
+        self.model.eval()
+        self.precision = resolve(precision, device)
         self.out, self.dtype, self.batch_size = Path(out), DTYPES[dtype], batch_size
 
-    def __call__(self, batch: pa.Table) -> dict:
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Unit-norm float32 rows of `texts`, the model's forward under this actor's autocast."""
         from beeray.evaluate import encode_items
+        from beeray.precision import autocast
 
+        with autocast(self.model.device, self.precision):
+            emb = encode_items(self.model, texts, batch_size=self.batch_size, show_progress=False)
+        # Normalised again in float32: under autocast the model normalises in bf16/fp16 (norms off by ~1e-3).
+        return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+
+    def __call__(self, batch: pa.Table) -> dict:
         shards, rows, seconds = [], [], []
         for k, ids, texts in zip(batch.column("shard").to_pylist(), batch.column("ids").to_pylist(),
                                  batch.column("texts").to_pylist()):
             t0 = time.perf_counter()
-            emb = encode_items(self.model, texts, batch_size=self.batch_size, show_progress=False).astype(self.dtype)
+            emb = self.encode(texts).astype(self.dtype)
             flat = pa.array(emb.reshape(-1), type=pa.from_numpy_dtype(self.dtype))
             table = pa.table({"item_id": pa.array(ids, pa.string()),
                               "embedding": pa.FixedSizeListArray.from_arrays(flat, emb.shape[1])})
@@ -91,28 +117,37 @@ def plan(items: ItemTexts, shard_size: int) -> list[tuple[int, int, str]]:
 
 
 def embed(model: str, items: ItemTexts, out: str | Path, *, shard_size: int = 100_000, workers: int = 2,
-          dtype: str = "float32", batch_size: int = 64, use_gpu: bool = False, cpus_per_worker: int = 1,
-          build_index: bool = False, address: str | None = None, trust_remote_code: bool = False,
-          log=print) -> dict:
-    """Embed `items` with `model` into OUT (see the module doc); returns the manifest."""
+          dtype: str = "float32", batch_size: int | None = None, use_gpu: bool = False,
+          cpus_per_worker: int | None = None, precision: str = "auto", build_index: bool = False,
+          address: str | None = None, trust_remote_code: bool = False, log=print) -> dict:
+    """Embed `items` with `model` into OUT (see the module doc); returns the manifest.
+
+    `batch_size` defaults to 64 texts on CPUs and 512 with `use_gpu`; `cpus_per_worker` (CPUs per
+    encoder actor, which also tokenize) to 1 on CPUs and 4 with `use_gpu`."""
     import ray
 
     from beeray.models import resolve_model
     from beeray.trainer import init_ray
 
-    if shard_size <= 0 or workers <= 0 or batch_size <= 0:
-        raise BeerayError("shard size, workers and batch size must be > 0")
+    batch_size = batch_size or BATCH_SIZE["gpu" if use_gpu else "cpu"]
+    cpus_per_worker = cpus_per_worker or (4 if use_gpu else 1)
+    if shard_size <= 0 or workers <= 0 or batch_size <= 0 or cpus_per_worker <= 0:
+        raise BeerayError("shard size, workers, batch size and CPUs per worker must be > 0")
     if dtype not in DTYPES:
         raise BeerayError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if precision not in PRECISIONS:
+        raise BeerayError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     out = Path(out).expanduser().resolve()
     shards = plan(items, shard_size)
     manifest = {"model": resolve_model(model), "items": items.source, "rows": len(items), "shard_size": shard_size,
-                "dtype": dtype, "shards": [d for _, _, d in shards], "skipped_rows": len(items.skipped),
-                "complete": False}
+                "dtype": dtype, "precision": precision, "shards": [d for _, _, d in shards],
+                "skipped_rows": len(items.skipped), "complete": False}
     old = out / MANIFEST
     before = json.loads(old.read_text()) if old.exists() else {**manifest, "shards": []}
     if old.exists():
-        changed = [k for k in ("model", "shard_size", "dtype") if before.get(k) != manifest[k]]
+        # A folder from before precision was recorded was encoded in float32.
+        before.setdefault("precision", "fp32")
+        changed = [k for k in ("model", "shard_size", "dtype", "precision") if before.get(k) != manifest[k]]
         if changed:
             raise BeerayError(f"{out} holds embeddings made with another {', '.join(changed)} "
                               f"({', '.join(f'{k}={before.get(k)!r}' for k in changed)}): choose another --out")
@@ -138,11 +173,12 @@ def embed(model: str, items: ItemTexts, out: str | Path, *, shard_size: int = 10
                             "ids": pa.array([list(items.ids[shards[k][0]:shards[k][1]])], pa.list_(pa.string())),
                             "texts": pa.array([items.texts[shards[k][0]:shards[k][1]]], pa.list_(pa.string()))})
                   for k in pending]
-        resources = {"num_gpus": 1} if use_gpu else {"num_cpus": cpus_per_worker}
+        resources = {"num_cpus": cpus_per_worker, **({"num_gpus": 1} if use_gpu else {})}
         results = ray.data.from_arrow(blocks).map_batches(
             ShardEncoder, batch_size=1, batch_format="pyarrow", concurrency=workers,
             fn_constructor_kwargs={"model": model, "out": str(out), "dtype": dtype, "batch_size": batch_size,
-                                   "trust_remote_code": trust_remote_code}, **resources)
+                                   "trust_remote_code": trust_remote_code, "precision": precision,
+                                   "cpus": cpus_per_worker}, **resources)
         for row in results.iter_rows():
             encoded += int(row["rows"])
             rate = encoded / (time.perf_counter() - t0)

@@ -1,18 +1,24 @@
-"""Turning item texts into embeddings for the step: tokenize once, pad per chunk, replay dropout.
+"""Turning item texts into embeddings for the step: tokenize once, pad per chunk on the device, replay dropout.
 
 The reference implementation tokenizes its whole catalog once per run, padded to one width (the
 longest text, capped at max_seq_length), and encodes each step's items in catalog order; on
 short-text data most of its compute is spent on padding. Here the training catalog is tokenized
 once too (flat id array + offsets), but each chunk is padded only to its own longest text, with
 chunks formed from texts of similar length.
+
+On a GPU nothing inside the chunk loops waits for the host: the catalog's token ids and offsets are
+uploaded to the training device once per worker (`DeviceCatalog`), a step uploads its chunk plan in
+one asynchronous copy (`ChunkPlan`), and every chunk is gathered, padded and masked on the device
+from those tensors; pass 2 reuses pass 1's plan. Chunk widths come from the host copy of the
+lengths, so no size is ever read back from the device.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -21,6 +27,7 @@ import torch
 
 from beeray.errors import BeerayError
 from beeray.models import embedding_dim
+from beeray.precision import autocast
 
 try:  # sentence-transformers >= 6
     from sentence_transformers.base.losses.gradcache import RandContext
@@ -43,6 +50,8 @@ class TokenizedCatalog:
     items: np.ndarray  # int64, sorted: the prepared-data item index of each row
     pad_id: int
     pad_left: bool
+    # DeviceCatalog per device, made on first use: a worker uploads its catalog once, not per step.
+    _on: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @cached_property
     def lengths(self) -> np.ndarray:
@@ -134,22 +143,88 @@ class TokenizedCatalog:
             raise BeerayError(f"{folder}: tokenized catalog is incomplete; delete the folder to rebuild it")
         return cls(pad_id=int(meta["pad_id"]), pad_left=bool(meta["pad_left"]), **arrays)
 
-    def features(self, items: np.ndarray, device: torch.device | str) -> dict:
-        """Padded input_ids/attention_mask for `items`, padded to the longest of them only."""
-        lens = self.lengths[items]
-        width = int(lens.max())
-        input_ids = np.full((items.size, width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((items.size, width), dtype=np.int64)
-        # A row loop of NumPy slice copies: 0.3 ms per chunk of 200 Goodbooks texts, faster than a
-        # fancy-indexed gather of the same rows (0.5 ms; measured, benchmarks/README.md).
-        for row, (item, n) in enumerate(zip(items, lens)):
-            cols = slice(width - n, width) if self.pad_left else slice(0, n)
-            input_ids[row, cols] = self.ids[self.offsets[item]:self.offsets[item] + n]
-            mask[row, cols] = 1
-        return {
-            "input_ids": torch.from_numpy(input_ids).to(device),
-            "attention_mask": torch.from_numpy(mask).to(device),
-        }
+    def on(self, device: torch.device | str) -> "DeviceCatalog":
+        """This catalog's token ids and offsets on `device`, uploaded on the first call only."""
+        device = torch.device(device)
+        if device not in self._on:
+            self._on[device] = DeviceCatalog(self, upload(self.ids, device), upload(self.offsets, device))
+        return self._on[device]
+
+
+@dataclass(frozen=True)
+class DeviceCatalog:
+    """A TokenizedCatalog's arrays on the training device: every chunk is built there.
+
+    `ids` stay int32 (4 bytes a token: 176 MB for 10^6 Goodbooks-length texts); `offsets` are int64,
+    8 bytes an item, so that index arithmetic never overflows.
+    """
+
+    host: TokenizedCatalog
+    ids: torch.Tensor  # int32, flat
+    offsets: torch.Tensor  # int64, n_rows + 1
+
+    def features(self, rows: torch.Tensor, width: int) -> dict:
+        """input_ids/attention_mask of catalog `rows` (a device tensor), padded to `width` tokens.
+
+        `width` must be the longest of the rows' lengths, known on the host (ChunkPlan.widths):
+        reading it from the device would make the host wait for the GPU.
+        """
+        start = self.offsets[rows]
+        length = self.offsets[rows + 1] - start
+        col = torch.arange(width, device=rows.device)
+        if self.host.pad_left:
+            col = col - (width - length)[:, None]  # token position within the text; < 0 is padding
+        mask = (col >= 0) & (col < length[:, None])
+        index = (start[:, None] + col).clamp_(0, max(self.ids.numel() - 1, 0))
+        input_ids = torch.where(mask, self.ids[index].long(), self.host.pad_id)
+        return {"input_ids": input_ids, "attention_mask": mask.long()}
+
+
+def upload(array: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """A host array as a tensor on `device` without a host synchronisation.
+
+    On CUDA it goes through pinned memory with an asynchronous copy (a copy from pageable memory
+    blocks the host until the GPU has drained); on the CPU the tensor shares the array's memory.
+    """
+    device = torch.device(device)
+    array = np.ascontiguousarray(array)
+    with warnings.catch_warnings():
+        # Memory-mapped catalog arrays are read-only; nothing here ever writes to the tensor.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        t = torch.from_numpy(array)
+    if device.type == "cpu":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """How one step encodes `items` (catalog rows): chunks of similar-length texts.
+
+    `positions[i]` are chunk i's positions into `items` (host), `widths[i]` its longest text, and
+    `rows[i]` / `index[i]` the same chunk's catalog rows and positions on the device, from one
+    upload per step. Pass 1 and pass 2 both walk this one plan.
+    """
+
+    positions: list[np.ndarray]
+    widths: list[int]
+    rows: list[torch.Tensor]
+    index: list[torch.Tensor]
+    size: int  # len(items)
+
+    @classmethod
+    def build(cls, catalog: TokenizedCatalog, items: np.ndarray, chunk_size: int,
+              device: torch.device | str) -> "ChunkPlan":
+        positions = plan_chunks(items, catalog.lengths, chunk_size)
+        widths = [int(catalog.lengths[items[pos]].max()) for pos in positions]
+        order = np.concatenate(positions) if positions else np.zeros(0, np.int64)
+        packed = upload(np.stack([items[order], order]).astype(np.int64), device)
+        sizes = [pos.size for pos in positions]
+        return cls(positions=positions, widths=widths, rows=list(packed[0].split(sizes)),
+                   index=list(packed[1].split(sizes)), size=int(items.size))
+
+    def __len__(self) -> int:
+        return len(self.positions)
 
 
 TOKENS_DIR = "tokens"  # the tokenized training catalogs inside a prepared folder
@@ -173,20 +248,13 @@ def plan_chunks(items: np.ndarray, lengths: np.ndarray, chunk_size: int) -> list
     return [order[s:s + chunk_size] for s in range(0, order.size, chunk_size)]
 
 
-def autocast(device: torch.device, enabled: bool):
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-def encode(model, features: dict, amp: bool) -> torch.Tensor:
-    device = features["input_ids"].device
-    with autocast(device, amp):
+def encode(model, features: dict, precision: str) -> torch.Tensor:
+    with autocast(features["input_ids"].device, precision):
         out = model(dict(features))["sentence_embedding"]
     return out.float()
 
 
-def activation_bytes(model, width: int, texts: int, amp: bool) -> int:
+def activation_bytes(model, width: int, texts: int, precision: str) -> int:
     """Estimated memory of one chunk's autograd graph: `texts` texts padded to `width` tokens.
 
     Per transformer layer and text, Korthikanti et al. (2022, "Reducing Activation Recomputation
@@ -200,59 +268,55 @@ def activation_bytes(model, width: int, texts: int, amp: bool) -> int:
     except AttributeError:
         raise BeerayError("activation_memory needs a Transformer encoder whose config gives hidden_size, "
                           "num_attention_heads and num_hidden_layers; set activation_memory: 0") from None
-    per_text = layers * width * h * (34 + 5 * a * width / h) * (1 if amp else 2)
+    per_text = layers * width * h * (34 + 5 * a * width / h) * (2 if precision == "fp32" else 1)
     return int(per_text * texts)
 
 
-def chunks_to_keep(model, catalog: TokenizedCatalog, items: np.ndarray, chunks: list[np.ndarray],
-                   budget_bytes: float, amp: bool) -> int:
+def chunks_to_keep(model, plan: ChunkPlan, budget_bytes: float, precision: str) -> int:
     """How many of the first chunks (the shortest texts) fit their graphs in `budget_bytes`."""
     used, keep = 0, 0
-    for pos in chunks:
-        width = int(catalog.lengths[items[pos]].max())
-        used += activation_bytes(model, width, pos.size, amp)
+    for pos, width in zip(plan.positions, plan.widths):
+        used += activation_bytes(model, width, pos.size, precision)
         if used > budget_bytes:
             break
         keep += 1
     return keep
 
 
-def encode_pass1(model, catalog: TokenizedCatalog, items: np.ndarray, chunks: list[np.ndarray],
-                 device: torch.device, amp: bool, keep: int = 0) -> tuple[torch.Tensor, list]:
-    """Pass 1: embeddings of `items` (in their order), and per chunk what pass 2 needs.
+def encode_pass1(model, catalog: DeviceCatalog, plan: ChunkPlan, precision: str,
+                 keep: int = 0) -> tuple[torch.Tensor, list]:
+    """Pass 1: embeddings of the plan's items (in their order), and per chunk what pass 2 needs.
 
     The first `keep` chunks are encoded with grad and keep their graph (pass 2 backprops through
     it without re-encoding: one forward less per kept chunk, paid in memory); every other chunk
     is encoded without grad and records the RNG state it started from, for the replay.
     """
+    device = catalog.ids.device
     replay: list[torch.Tensor | RandContext] = []
-    parts: list[torch.Tensor] = []
-    for i, pos in enumerate(chunks):
-        feats = catalog.features(items[pos], device)
+    out = torch.empty((plan.size, embedding_dim(model)), device=device)
+    for i, (rows, width, index) in enumerate(zip(plan.rows, plan.widths, plan.index)):
+        feats = catalog.features(rows, width)
         if i < keep:
-            emb = encode(model, feats, amp)
+            emb = encode(model, feats, precision)
             replay.append(emb)
-            parts.append(emb.detach())
+            out[index] = emb.detach()
         else:
             replay.append(RandContext(*feats.values()))
             with torch.no_grad():
-                parts.append(encode(model, feats, amp))
-    out = torch.empty((items.size, embedding_dim(model)), device=device)
-    for pos, emb in zip(chunks, parts):
-        out[torch.as_tensor(pos, device=device)] = emb
+                out[index] = encode(model, feats, precision)
     return out, replay
 
 
-def backward_pass2(model, catalog: TokenizedCatalog, items: np.ndarray, chunks: list[np.ndarray],
-                   replay: list, grad: torch.Tensor, device: torch.device, amp: bool) -> None:
+def backward_pass2(model, catalog: DeviceCatalog, plan: ChunkPlan, replay: list, grad: torch.Tensor,
+                   precision: str) -> None:
     """Pass 2: backprop each chunk's slice of dL/dA, through its kept graph or by re-encoding it
     under its pass-1 RNG state (same dropout masks, so the same gradient as one big graph)."""
-    for pos, state in zip(chunks, replay):
-        g = grad[torch.as_tensor(pos, device=device)]
+    for rows, width, index, state in zip(plan.rows, plan.widths, plan.index, replay):
+        g = grad[index]
         if isinstance(state, torch.Tensor):
             state.backward(g)
             continue
-        feats = catalog.features(items[pos], device)
+        feats = catalog.features(rows, width)
         with state:
-            emb = encode(model, feats, amp)
+            emb = encode(model, feats, precision)
         emb.backward(g)

@@ -13,8 +13,9 @@ import numpy as np
 import torch
 
 from beeray.distributed import Comm
-from beeray.encoder import TokenizedCatalog, backward_pass2, chunks_to_keep, encode_pass1, plan_chunks
+from beeray.encoder import ChunkPlan, TokenizedCatalog, backward_pass2, chunks_to_keep, encode_pass1, upload
 from beeray.loss import nmse_loss
+from beeray.precision import grad_scaler
 from beeray.sampler import batch_targets, sample_item_set, step_rng
 
 
@@ -36,10 +37,11 @@ def train_step(
     rng_key: tuple[int, ...],
     chunk_size: int,
     device: torch.device,
-    amp: bool = False,
+    precision: str = "fp32",
     mode: str = "items",
     comm: Comm | None = None,
     activation_memory: float = 0.0,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> StepResult:
     """`user_items`: this worker's users of the batch, as rows of `catalog` (one array each).
 
@@ -49,8 +51,14 @@ def train_step(
     `rng_key`); the update is that of the mean loss over all users of all workers.
     `activation_memory` (bytes, per worker): graphs of the shortest chunks that fit are kept from
     pass 1 instead of re-encoded in pass 2; 0 re-encodes every chunk (least memory).
+    `precision`: fp32, bf16 or fp16 autocast of the encoder (beeray/precision.py); fp16 needs
+    `scaler`, an enabled GradScaler that lives as long as the run (its scale adapts over steps).
     """
     comm = comm or Comm(device)
+    if scaler is None:
+        if precision == "fp16":
+            raise ValueError("fp16 training needs a GradScaler (loss scaling): pass scaler=")
+        scaler = grad_scaler(device, precision)  # disabled: scale() and step() pass through
     shared = mode == "items"
     model.train()  # dropout on in both passes; pass 2 replays pass 1's RNG per chunk
 
@@ -66,22 +74,26 @@ def train_step(
     world, rank = (comm.world, comm.rank) if shared else (1, 0)
     slices = [by_length[r::world] for r in range(world)]
     mine = item_set[slices[rank]]
-    chunks = plan_chunks(mine, catalog.lengths, chunk_size)
+    # Every index tensor the step needs on the device, each uploaded once and asynchronously:
+    # nothing below waits for the host until the loss is read at the end.
+    on_device = catalog.on(device)
+    plan = ChunkPlan.build(catalog, mine, chunk_size, device)
+    slice_index = upload(np.concatenate(slices), device).split([s.size for s in slices])
 
     # 2. Pass 1: embeddings (without grad, except chunks whose graph fits the activation budget);
     #    in items mode, gather everybody's rows into A.
-    keep = chunks_to_keep(model, catalog, mine, chunks, activation_memory, amp) if activation_memory else 0
-    emb_mine, replay = encode_pass1(model, catalog, mine, chunks, device, amp, keep)
+    keep = chunks_to_keep(model, plan, activation_memory, precision) if activation_memory else 0
+    emb_mine, replay = encode_pass1(model, on_device, plan, precision, keep)
     pieces = comm.all_gather_rows(emb_mine) if shared else [emb_mine]
     item_emb = torch.empty((item_set.size, emb_mine.shape[1]), device=device)
-    for r, piece in enumerate(pieces):
-        item_emb[torch.as_tensor(slices[r], device=device)] = piece
+    for index, piece in zip(slice_index, pieces):
+        item_emb[index] = piece
 
     # 3. Loss over this worker's users and G = dL/dA. The loss is normalised by the number of
     #    users in the *global* batch in both modes, so the workers' losses and parameter gradients
     #    add up to those of the mean over all real users (a worker holding only padding adds 0).
     (n_users,) = comm.sum([float(len(user_items))])
-    x = torch.from_numpy(batch_targets(user_items, item_set)).to(device)
+    x = upload(batch_targets(user_items, item_set), device)
     item_emb.requires_grad_(True)
     loss = nmse_loss(x, item_emb, n_users=max(int(n_users), 1))
     loss.backward()
@@ -90,14 +102,16 @@ def train_step(
         comm.all_reduce_(grad)  # every worker's users score every item of the shared I_b
 
     # 4. Pass 2: backprop this worker's slice of G through each chunk: its kept graph, or a
-    #    re-encoding with grad under the chunk's pass-1 RNG state.
-    backward_pass2(model, catalog, mine, chunks, replay, grad[torch.as_tensor(slices[rank], device=device)],
-                   device, amp)
+    #    re-encoding with grad under the chunk's pass-1 RNG state. In fp16, G is multiplied by the
+    #    loss scale first, so that small gradients survive the half-precision backward.
+    backward_pass2(model, on_device, plan, replay, scaler.scale(grad[slice_index[rank]]), precision)
 
-    # 5. One update, identical on every worker: gradients summed over workers.
+    # 5. One update, identical on every worker: gradients summed over workers (then, in fp16,
+    #    unscaled; a step with an inf or NaN is skipped on every worker alike and the scale lowered).
     params = [p for p in model.parameters() if p.requires_grad]
     comm.all_reduce_grads_(params)
     (loss_value,) = comm.sum([loss.item()])
-    optimizer.step()
+    scaler.step(optimizer)
+    scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return StepResult(loss=float(loss_value), items=int(item_set.size), users=int(n_users), encoded=int(mine.size))

@@ -31,6 +31,7 @@ from beeray.distributed import Comm
 from beeray.encoder import TokenizedCatalog
 from beeray.evaluate import METRICS, VAL_METRICS, evaluate
 from beeray.models import load_model, set_attention_dropout
+from beeray.precision import describe, grad_scaler, resolve
 from beeray.sampler import step_rng
 from beeray.step import train_step
 
@@ -38,14 +39,6 @@ PAD_USER = -1  # rows added so the dataset splits evenly across workers; they ho
 
 # report(metrics, checkpoint): hands a report to Ray Train; `checkpoint` asks rank 0 to attach one.
 Report = Callable[[dict, bool], None]
-
-
-def use_amp(setting: str, device: torch.device) -> bool:
-    if setting == "off":
-        return False
-    if setting == "bf16":
-        return True
-    return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
 def read_shard(shard) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -75,7 +68,8 @@ class Recipe:
     catalog: TokenizedCatalog
     state: TrainState
     comm: Comm
-    amp: bool
+    precision: str  # fp32 | bf16 | fp16, resolved from cfg.amp for this worker's device
+    scaler: torch.amp.GradScaler  # fp16 loss scaling; disabled (a pass-through) otherwise
     restored: bool  # resumed from a checkpoint (the fault drill only fires in a fresh run)
 
     @classmethod
@@ -95,12 +89,18 @@ class Recipe:
         # workers start: a worker, a restarted worker or a later run maps it from the prepared folder.
         catalog = TokenizedCatalog.cached(model, data, cfg.max_seq_length, full=cfg.full_train)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        precision = resolve(cfg.amp, device)
+        scaler = grad_scaler(device, precision)
         state = TrainState(config=to_dict(cfg))
         if checkpoint_dir is not None:
             state = load_checkpoint(checkpoint_dir, model, optimizer)
             state.config = to_dict(cfg)
+            if state.scaler:
+                scaler.load_state_dict(state.scaler)  # fp16: continue with the loss scale reached
+        if rank == 0:
+            log(describe(cfg.amp, precision, device))
         return cls(cfg=cfg, data=data, rank=rank, world=world, device=device, model=model, optimizer=optimizer,
-                   catalog=catalog, state=state, comm=Comm(device), amp=use_amp(cfg.amp, device),
+                   catalog=catalog, state=state, comm=Comm(device), precision=precision, scaler=scaler,
                    restored=checkpoint_dir is not None)
 
     @property
@@ -148,8 +148,9 @@ class Recipe:
             # Dropout draws depend only on (seed, epoch, step, rank): a resumed run replays them.
             torch.manual_seed(int(step_rng(cfg.seed, epoch, step, self.rank, 1).integers(2**62)))
             res = train_step(self.model, self.optimizer, self.catalog, batch, m=cfg.m, rng_key=key,
-                             chunk_size=cfg.encode_batch_size, device=self.device, amp=self.amp,
-                             mode=cfg.parallel, comm=self.comm, activation_memory=cfg.activation_memory * 2**30)
+                             chunk_size=cfg.encode_batch_size, device=self.device, precision=self.precision,
+                             mode=cfg.parallel, comm=self.comm, activation_memory=cfg.activation_memory * 2**30,
+                             scaler=self.scaler)
             state.epoch_losses.append(res.loss)
             n_items += res.items
             state.global_step += 1
@@ -215,6 +216,7 @@ def ray_report(recipe: Recipe) -> Report:
 
     def report(metrics: dict, with_checkpoint: bool) -> None:
         if with_checkpoint and recipe.rank == 0:
+            recipe.state.scaler = recipe.scaler.state_dict()
             with tempfile.TemporaryDirectory() as tmp:
                 save_checkpoint(tmp, recipe.model, recipe.optimizer, recipe.state)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

@@ -449,7 +449,7 @@ def main(argv=None) -> int:
     model = work / "tiny"
     if not (model / "st").is_dir():
         sys.path.insert(0, str(REPO))
-        from tests.helpers import tiny_model
+        from beeray.models import tiny_model
 
         tiny_model(model)
     model = model / "st"

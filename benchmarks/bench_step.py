@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import beeray.step as step_mod  # noqa: E402
 from beeray.data.prepared import PreparedData  # noqa: E402
-from beeray.encoder import TokenizedCatalog, encode, plan_chunks  # noqa: E402
+from beeray.encoder import ChunkPlan, TokenizedCatalog, encode  # noqa: E402
 from beeray.models import DEFAULT_MODEL, load_model, set_attention_dropout  # noqa: E402
 from beeray.sampler import sample_item_set, step_rng  # noqa: E402
 from beeray.step import train_step  # noqa: E402
@@ -99,22 +99,20 @@ def step_items(batch: list[np.ndarray], n_items: int, m: int, key: tuple[int, ..
     return sample_item_set(np.unique(np.concatenate(batch)), n_items, m, step_rng(*key))
 
 
-def beeray_chunks(catalog: TokenizedCatalog, item_set: np.ndarray, chunk: int) -> tuple[np.ndarray, list]:
-    """The chunking train_step uses in one process: I_b in length order, then plan_chunks."""
+def encode_only(model, catalog: TokenizedCatalog, item_set: np.ndarray, chunk: int, device,
+                precision: str = "fp32") -> float:
+    """Seconds to encode I_b once, no grad, inference mode (eval: no dropout), same chunks as the step
+    (I_b in length order, then ChunkPlan), features built on the device as the step builds them."""
     mine = item_set[np.argsort(catalog.lengths[item_set], kind="stable")]
-    return mine, plan_chunks(mine, catalog.lengths, chunk)
-
-
-def encode_only(model, catalog: TokenizedCatalog, item_set: np.ndarray, chunk: int, device) -> float:
-    """Seconds to encode I_b once, no grad, inference mode (eval: no dropout), same chunks as the step."""
-    mine, chunks = beeray_chunks(catalog, item_set, chunk)
+    on_device = catalog.on(device)
+    plan = ChunkPlan.build(catalog, mine, chunk, device)
     was_training = model.training
     model.eval()
     sync(device)
     t0 = time.perf_counter()
     with torch.no_grad():
-        for pos in chunks:
-            encode(model, catalog.features(mine[pos], device), amp=False)
+        for rows, width in zip(plan.rows, plan.widths):
+            encode(model, on_device.features(rows, width), precision)
     sync(device)
     model.train(was_training)
     return time.perf_counter() - t0

@@ -1,27 +1,36 @@
-"""The beeFormer step on a CUDA machine: exactness, speed against the reference step, a quality run.
+"""The beeFormer step on a CUDA machine: exactness, host syncs, speed against the reference step, quality.
 
-Needs only torch, transformers, sentence-transformers, numpy, pandas and pyarrow: no Ray, no
-network. Give it a prepared folder (`beeray prepare goodbooks ...`) and a model folder
-(all-MiniLM-L6-v2; fp16 folders load as float32). Everything runs in this one process.
+Needs only torch, transformers, sentence-transformers, numpy, pandas and pyarrow: no Ray, Optuna
+or RecPack (RecPack, when present, scores the quality run here; else `gpu.py score` does it
+elsewhere), no pytest, no network. Give it a prepared folder (`beeray prepare goodbooks ...`) and a
+model folder (all-MiniLM-L6-v2; fp16 folders load as float32). Everything runs in this one process.
+benchmarks/gpu_carry.sh assembles both (under 64 MiB) and prints the one command line to run.
 
-  python benchmarks/gpu.py --data DIR --model DIR --out gpu.json [--parts exact,nccl,speed,quality]
+  python benchmarks/gpu.py --data DIR --model DIR --out gpu.json            # --quick: <= 6 min on an H200
+  python benchmarks/gpu.py --full --data DIR --model DIR --out gpu.json     # the full tables (~10 min on an H100)
   python benchmarks/gpu.py score --data DIR --run gpu.json   # metrics of a quality run's saved embeddings
   python benchmarks/gpu.py --cpu --data DIR --model DIR --out x.json   # the same code, tiny sizes (make test)
 
-Parts:
-  exact    two-pass gradient vs one-graph autograd with dropout on, fp32 and bf16, read before the
-           optimizer step; autograd against itself (the noise floor); the control without RNG
-           replay, which must fail.
+Parts (both modes run all of them; --parts picks some):
+  exact    two-pass gradient vs one-graph autograd with dropout on, fp32, bf16 and fp16 (loss-scaled),
+           read before the optimizer step; autograd against itself (the noise floor); the control
+           without RNG replay, which must fail.
   nccl     the items-mode step with every collective run through a one-rank NCCL group (Comm with
            active=True): a CPU tensor anywhere in a collective fails here, as on a multi-GPU run.
+  sync     pass 1 and pass 2 of one step under torch.cuda.set_sync_debug_mode("error"): any host
+           synchronisation in beeray's chunk loops raises. The model's own forward and backward
+           (transformers' mask check, torch's embedding backward) run under "warn" and are counted
+           separately: they are the model's, the same in the reference step.
   speed    per model (MiniLM; MPNet shapes = all-mpnet-base-v2's config with random weights) and
-           precision: no-grad encode texts/s, beeray step seconds with the pass 1 / pass 2 / rest
-           split, step / encode, peak GPU memory, and the paper's reference step on the same I_b
-           (benchmarks/reference_step.py). Both sides tokenize the training catalog once, before
+           precision (--quick: bf16; --full: fp32 and bf16): no-grad encode texts/s, beeray step
+           seconds with the pass 1 / pass 2 / rest split, step / encode, peak GPU memory, the step
+           with kept graphs under an activation budget, and the paper's reference step on the same
+           I_b (benchmarks/reference_step.py). Both sides tokenize the training catalog once, before
            any timing. Best of --reps repetitions, interleaved.
   quality  MiniLM trained in this process on the training catalog (warm items only) with beeray's
-           Recipe, then base and trained item embeddings; scored with beeray's evaluator where
-           RecPack is installed, else saved next to --out for `gpu.py score`.
+           Recipe (--quick: about 60 steps; --full: 20 epochs), then base and trained item
+           embeddings; scored with beeray's evaluator where RecPack is installed, else saved next
+           to --out for `gpu.py score`.
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ import platform
 import sys
 import tempfile
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -55,23 +66,35 @@ from reference_step import reference_encode_no_grad, reference_train_step, token
 from beeray.config import TrainConfig  # noqa: E402
 from beeray.data.prepared import PreparedData  # noqa: E402
 from beeray.distributed import Comm  # noqa: E402
-from beeray.encoder import TokenizedCatalog, encode, plan_chunks  # noqa: E402
+from beeray.encoder import ChunkPlan, TokenizedCatalog, encode  # noqa: E402
 from beeray.evaluate import encode_items  # noqa: E402
+from beeray.gradcheck import NoReplay, autograd_grads, relative_error, two_pass_grads  # noqa: E402
 from beeray.models import load_model  # noqa: E402
+from beeray.precision import native_bf16, resolve  # noqa: E402
 from beeray.sampler import sample_item_set, step_rng  # noqa: E402
 from beeray.step import train_step  # noqa: E402
-from tests.helpers import NoReplay, autograd_grads, relative_error, two_pass_grads  # noqa: E402
 
 SEED = 42
-TOLERANCE = {"fp32": 1e-5, "bf16": 2e-3}  # relative L2 error of the whole gradient
+TOLERANCE = {"fp32": 1e-5, "bf16": 2e-3, "fp16": 2e-3}  # relative L2 error of the whole gradient
 NO_REPLAY_MIN = 1e-2  # the control must differ by at least this much
+PARTS = ("exact", "nccl", "sync", "speed", "quality")
 
-# Sizes: the paper's settings on a GPU; a few texts on the CPU (the same code paths).
-GPU = {"exact": dict(users=16, m=512, chunk=64), "speed": dict(users=1024, m=10_000, chunk=200, big_chunk=1024),
-       "quality": dict(batch=256, epochs=20, lr=5e-5, m=10_000, chunk=200), "msl": 384, "reps": 2}
+# Sizes: the paper's settings on a GPU; a few texts on the CPU (the same code paths). --quick fits
+# one 15-minute lease with its 1-2 minute start and room to run it again: exactness and syncs at
+# small sizes, one bf16 speed row per model with one timed repetition, and a ~60-step quality run
+# (the Goodbooks subset's 2,669 training users are 11 steps of 256: 6 epochs = 66 steps).
 # activation_gb: the kept-graph budget of the second timed step (GPU: half the device, set at run time).
-CPU = {"exact": dict(users=6, m=24, chunk=8), "speed": dict(users=16, m=64, chunk=16, big_chunk=64, activation_gb=0.05),
-       "quality": dict(batch=64, epochs=1, lr=1e-3, m=96, chunk=48), "msl": 32, "reps": 1}
+GPU = {
+    "quick": {"exact": dict(users=16, m=512, chunk=64), "precisions": ("bf16",),
+              "speed": dict(users=1024, m=10_000, chunk=200, big_chunk=1024),
+              "quality": dict(batch=256, epochs=6, lr=5e-5, m=10_000, chunk=200), "msl": 384, "reps": 1},
+    "full": {"exact": dict(users=16, m=512, chunk=64), "precisions": ("fp32", "bf16"),
+             "speed": dict(users=1024, m=10_000, chunk=200, big_chunk=1024),
+             "quality": dict(batch=256, epochs=20, lr=5e-5, m=10_000, chunk=200), "msl": 384, "reps": 2},
+}
+_CPU = {"exact": dict(users=6, m=24, chunk=8), "speed": dict(users=16, m=64, chunk=16, big_chunk=64, activation_gb=0.05),
+        "quality": dict(batch=64, epochs=1, lr=1e-3, m=96, chunk=48), "msl": 32, "reps": 1}
+CPU = {"quick": {**_CPU, "precisions": ("bf16",)}, "full": {**_CPU, "precisions": ("fp32", "bf16")}}
 MPNET = dict(vocab_size=30527, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
              intermediate_size=3072, max_position_embeddings=514, relative_attention_num_buckets=32)
 MPNET_TINY = dict(MPNET, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
@@ -97,6 +120,9 @@ def machine(device: torch.device) -> dict:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_memory_gb"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+        info["compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
+        info["native_bf16"] = native_bf16(device)
+    info["amp_auto"] = resolve("auto", device)  # what the recipes' `amp: auto` trains in here
     return info
 
 
@@ -145,17 +171,16 @@ def exactness(model, catalog, user_items, sizes: dict, device: torch.device) -> 
     users = pick_users(user_items, sizes["users"], seed=7)
     args = (catalog, users, sizes["m"], (SEED, 0, 1), sizes["chunk"], 11)
     rows = []
-    for precision in ("fp32", "bf16"):
-        amp = precision == "bf16"
+    for precision in ("fp32", "bf16", "fp16"):
         t0 = time.perf_counter()
-        ref, loss = autograd_grads(model, *args, device=device, amp=amp)
-        ref_again, _ = autograd_grads(model, *args, device=device, amp=amp)
-        got, res = two_pass_grads(model, *args, device=device, amp=amp)
-        kept, _ = two_pass_grads(model, *args, device=device, amp=amp, activation_memory=float("inf"))
+        ref, loss = autograd_grads(model, *args, device=device, precision=precision)
+        ref_again, _ = autograd_grads(model, *args, device=device, precision=precision)
+        got, res = two_pass_grads(model, *args, device=device, precision=precision)
+        kept, _ = two_pass_grads(model, *args, device=device, precision=precision, activation_memory=float("inf"))
         saved = encoder_mod.RandContext
         encoder_mod.RandContext = NoReplay
         try:
-            no_replay, _ = two_pass_grads(model, *args, device=device, amp=amp)
+            no_replay, _ = two_pass_grads(model, *args, device=device, precision=precision)
         finally:
             encoder_mod.RandContext = saved
         row = {"precision": precision, "users": len(users), "items": res.items, "chunk": sizes["chunk"],
@@ -199,17 +224,81 @@ def nccl(model, catalog, user_items, sizes: dict, device: torch.device, tmp: Pat
     return out
 
 
+# ---------------------------------------------------------------- host syncs
+
+def sync_check(model, catalog, user_items, sizes: dict, device: torch.device, precision: str) -> dict:
+    """Pass 1 and pass 2 of one step's chunk loops with host syncs an error in beeray's code.
+
+    The model's forward and backward (transformers' and torch's code) run under "warn": what they
+    synchronise is counted and listed, not beeray's to remove (the reference step runs the same
+    model). Half the chunks keep their pass-1 graph, so both pass-2 paths run.
+    """
+    if device.type != "cuda":
+        return {"skipped": "torch.cuda.set_sync_debug_mode exists on CUDA only", "ok": True}
+    users = pick_users(user_items, sizes["users"], seed=9)
+    item_set = sample_item_set(np.unique(np.concatenate(users)), len(catalog), sizes["m"], step_rng(SEED, 0, 3))
+    on_device = catalog.on(device)
+    plan = ChunkPlan.build(catalog, item_set, sizes["chunk"], device)
+    grad = torch.randn((item_set.size, encoder_mod.embedding_dim(model)), device=device)
+    model.train()
+    model_syncs: list[str] = []
+    real_encode, real_backward = encoder_mod.encode, torch.Tensor.backward
+
+    @contextmanager
+    def model_code():
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                yield
+        finally:
+            torch.cuda.set_sync_debug_mode("error")
+        model_syncs.extend(f"{Path(w.filename).name}:{w.lineno}" for w in caught
+                           if "synchroniz" in str(w.message))
+
+    def encode_as_model_code(*a, **k):
+        with model_code():
+            return real_encode(*a, **k)
+
+    def backward_as_model_code(self, *a, **k):
+        with model_code():
+            return real_backward(self, *a, **k)
+
+    out = {"precision": precision, "items": int(item_set.size), "chunks": len(plan), "kept_chunks": len(plan) // 2}
+    encoder_mod.encode, torch.Tensor.backward = encode_as_model_code, backward_as_model_code
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        _, replay = encoder_mod.encode_pass1(model, on_device, plan, precision, keep=len(plan) // 2)
+        encoder_mod.backward_pass2(model, on_device, plan, replay, grad, precision)
+        out["beeray_error"] = None
+    except RuntimeError as exc:
+        out["beeray_error"] = str(exc).strip().splitlines()[0][:300]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        encoder_mod.encode, torch.Tensor.backward = real_encode, real_backward
+        model.zero_grad(set_to_none=True)
+    out["model_syncs"] = len(model_syncs)
+    out["model_sync_sites"] = sorted(set(model_syncs))[:10]
+    out["ok"] = out["beeray_error"] is None
+    log(f"sync: beeray's chunk loops over {out['chunks']} chunks "
+        f"{'ran without a host sync' if out['ok'] else 'SYNCED: ' + out['beeray_error']}; "
+        f"the model's own code synced {out['model_syncs']} times at {', '.join(out['model_sync_sites']) or '-'}")
+    return out
+
+
 # ---------------------------------------------------------------- speed
 
-def encode_seconds(model, catalog, item_set, chunk, device, amp) -> float:
-    """Seconds to encode I_b once: eval mode (inference), no grad, length-grouped chunks."""
-    chunks = plan_chunks(item_set, catalog.lengths, chunk)
+def encode_seconds(model, catalog, item_set, chunk, device, precision) -> float:
+    """Seconds to encode I_b once: eval mode (inference), no grad, length-grouped chunks built on the device."""
+    on_device = catalog.on(device)
+    plan = ChunkPlan.build(catalog, item_set, chunk, device)
     model.eval()
     sync(device)
     t0 = time.perf_counter()
     with torch.no_grad():
-        for pos in chunks:
-            encode(model, catalog.features(item_set[pos], device), amp)
+        for rows, width in zip(plan.rows, plan.widths):
+            encode(model, on_device.features(rows, width), precision)
     sync(device)
     return time.perf_counter() - t0
 
@@ -217,7 +306,6 @@ def encode_seconds(model, catalog, item_set, chunk, device, amp) -> float:
 def speed(name: str, model, catalog, texts: list[str], user_items, sizes: dict, device, precision: str,
           reps: int) -> dict:
     """One model at one precision; `texts`: the catalog's texts, for the reference's own tokenization."""
-    amp = precision == "bf16"
     batch = pick_users(user_items, sizes["users"])
     key = (SEED, 0, 0)
     item_set = sample_item_set(np.unique(np.concatenate(batch)), len(catalog), sizes["m"], step_rng(*key))
@@ -231,11 +319,12 @@ def speed(name: str, model, catalog, texts: list[str], user_items, sizes: dict, 
     row["reference_width"] = ref_catalog.width
     small = item_set[: sizes["chunk"]]
     # Warm-up: kernels, allocator and autotuning out of the timings (one chunk each).
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     train_step(model, optimizer, catalog, [batch[0]], m=sizes["chunk"], rng_key=(SEED, 9, 9),
-               chunk_size=sizes["chunk"], device=device, amp=amp)
-    encode_seconds(model, catalog, small, sizes["chunk"], device, amp)
+               chunk_size=sizes["chunk"], device=device, precision=precision, scaler=scaler)
+    encode_seconds(model, catalog, small, sizes["chunk"], device, precision)
     reference_train_step(ref_model, ref_optimizer, ref_catalog, [batch[0]], np.union1d(batch[0], small),
-                         sbert_batch_size=sizes["chunk"], device=device, amp=amp)
+                         sbert_batch_size=sizes["chunk"], device=device, precision=precision)
     timings: dict[str, list[float]] = {k: [] for k in ("encode", "encode_big", "step", "pass1", "pass2", "optimizer",
                                                        "reference", "reference_encode", "step_kept")}
     kept_bytes = sizes.get("activation_gb", 0.0) * 2**30
@@ -245,8 +334,9 @@ def speed(name: str, model, catalog, texts: list[str], user_items, sizes: dict, 
         order = ["bee", "ref"] if rep % 2 == 0 else ["ref", "bee"]
         for side in order:
             if side == "bee":
-                timings["encode"].append(encode_seconds(model, catalog, item_set, sizes["chunk"], device, amp))
-                timings["encode_big"].append(encode_seconds(model, catalog, item_set, sizes["big_chunk"], device, amp))
+                timings["encode"].append(encode_seconds(model, catalog, item_set, sizes["chunk"], device, precision))
+                timings["encode_big"].append(encode_seconds(model, catalog, item_set, sizes["big_chunk"], device,
+                                                            precision))
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
                     base_mem = torch.cuda.memory_allocated()
@@ -254,7 +344,7 @@ def speed(name: str, model, catalog, texts: list[str], user_items, sizes: dict, 
                 t0 = time.perf_counter()
                 with phases.active(optimizer):
                     train_step(model, optimizer, catalog, batch, m=sizes["m"], rng_key=key, chunk_size=sizes["chunk"],
-                               device=device, amp=amp)
+                               device=device, precision=precision, scaler=scaler)
                 sync(device)
                 timings["step"].append(time.perf_counter() - t0)
                 for k in ("pass1", "pass2", "optimizer"):
@@ -269,7 +359,7 @@ def speed(name: str, model, catalog, texts: list[str], user_items, sizes: dict, 
                     sync(device)
                     t0 = time.perf_counter()
                     train_step(model, optimizer, catalog, batch, m=sizes["m"], rng_key=key, chunk_size=sizes["chunk"],
-                               device=device, amp=amp, activation_memory=kept_bytes)
+                               device=device, precision=precision, scaler=scaler, activation_memory=kept_bytes)
                     sync(device)
                     timings["step_kept"].append(time.perf_counter() - t0)
                     if device.type == "cuda":
@@ -280,12 +370,12 @@ def speed(name: str, model, catalog, texts: list[str], user_items, sizes: dict, 
                     ref_model.eval()
                     sync(device)
                     t0 = time.perf_counter()
-                    reference_encode_no_grad(ref_model, ref_catalog, ref_rows, sizes["chunk"], amp)
+                    reference_encode_no_grad(ref_model, ref_catalog, ref_rows, sizes["chunk"], precision)
                     sync(device)
                     timings["reference_encode"].append(time.perf_counter() - t0)
                     t0 = time.perf_counter()
                     reference_train_step(ref_model, ref_optimizer, ref_catalog, batch, item_set,
-                                         sbert_batch_size=sizes["chunk"], device=device, amp=amp)
+                                         sbert_batch_size=sizes["chunk"], device=device, precision=precision)
                     sync(device)
                     timings["reference"].append(time.perf_counter() - t0)
                 except torch.cuda.OutOfMemoryError:
@@ -319,7 +409,7 @@ def speed_part(args, sizes, data, minilm, device, tmp: Path) -> list[dict]:
     for name, base in (("all-MiniLM-L6-v2", minilm), ("mpnet-shapes", mpnet)):
         base.max_seq_length = sizes["msl"]
         catalog, _, user_items = catalog_and_users(data, base, sizes["msl"])
-        for precision in ("fp32", "bf16"):
+        for precision in sizes["precisions"]:
             model = copy.deepcopy(base)
             try:
                 rows.append(speed(name, model, catalog, texts, user_items, sizes["speed"], device, precision,
@@ -360,7 +450,7 @@ def quality(args, sizes, data, device, out: Path) -> dict:
     train_s = time.perf_counter() - t0
     result = {"config": {k: getattr(cfg, k) for k in ("lr", "epochs", "batch_size", "m", "max_seq_length",
                                                        "encode_batch_size", "amp", "seed")},
-              "amp_used": recipe.amp, "catalog_items": len(recipe.catalog), "steps": recipe.state.global_step,
+              "precision": recipe.precision, "catalog_items": len(recipe.catalog), "steps": recipe.state.global_step,
               "setup_s": setup_s, "train_s": train_s, "history": history}
     base = load_model(args.model, device=str(device))
     result["loaded_dtype"] = str(next(base.parameters()).dtype)
@@ -376,7 +466,7 @@ def quality(args, sizes, data, device, out: Path) -> dict:
             path = out.with_name(f"{out.stem}-{who}.npy")
             np.save(path, emb)
             result[f"{who}_embeddings"] = path.name
-        log("RecPack not installed here: embeddings saved; score them with `gpu.py score`")
+        log("RecPack not installed here: embeddings saved; score them with `gpu.py score` where it is")
         return result
     result["metrics"] = score_embeddings(data, embeddings)
     return result
@@ -402,6 +492,15 @@ def summary(doc: dict) -> str:
         n = doc["nccl"]
         out.append(f"{n['backend']} one-rank group: rel error {n['rel_error_vs_no_group']:.2e}, CPU tensor "
                    f"{n['cpu_tensor_in_collective']}  {'OK' if n['ok'] else 'FAILED'}")
+    if "sync" in doc:
+        y = doc["sync"]
+        if "skipped" in y:
+            out.append(f"sync: skipped ({y['skipped']})")
+        else:
+            out.append(f"sync: beeray's chunk loops ({y['chunks']} chunks, {y['kept_chunks']} kept, {y['precision']}): "
+                       f"{'no host sync' if y['ok'] else y['beeray_error']}; the model's own code: "
+                       f"{y['model_syncs']} syncs ({', '.join(y['model_sync_sites']) or '-'})  "
+                       f"{'OK' if y['ok'] else 'FAILED'}")
     if doc.get("speed"):
         cols = ["model", "precision", "items", "encode_texts_per_s", "encode_big_texts_per_s", "step_s",
                 "step_over_encode", "pass1_encodes", "pass2_encodes", "other_s", "reference_s", "speedup", "peak_gb",
@@ -411,7 +510,8 @@ def summary(doc: dict) -> str:
     if "quality" in doc:
         q = doc["quality"]
         out.append(f"quality: {q['steps']} steps on {q['catalog_items']} warm items in {q['train_s']:.0f}s "
-                   f"(amp {q['amp_used']}), loaded as {q['loaded_dtype']}")
+                   f"({q['precision']}), loaded as {q['loaded_dtype']}"
+                   + ("" if "metrics" in q else "; embeddings saved for `gpu.py score`"))
         for who, per in q.get("metrics", {}).items():
             for split, res in per.items():
                 out.append(f"  {who:8s} {split:5s} recall@20 {res['recall@20']:.4f} ± {res['stderr']['recall@20']:.4f}"
@@ -430,7 +530,8 @@ def run(args) -> dict:
     device = torch.device("cpu" if args.cpu else "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("gpu.py: no CUDA device here (use --cpu for the CPU mode)")
-    sizes = CPU if args.cpu else GPU
+    mode = "full" if args.full else "quick"
+    sizes = (CPU if args.cpu else GPU)[mode]
     if args.reps:
         sizes = {**sizes, "reps": args.reps}
     if device.type == "cuda":
@@ -440,7 +541,11 @@ def run(args) -> dict:
     if args.cpu:
         torch.set_num_threads(2)
     parts = args.parts.split(",")
-    doc: dict = {"machine": machine(device), "parts": parts, "sizes": sizes, "data": str(args.data),
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise SystemExit(f"gpu.py: unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    t_start = time.perf_counter()
+    doc: dict = {"machine": machine(device), "mode": mode, "parts": parts, "sizes": sizes, "data": str(args.data),
                  "model": str(args.model)}
     out = Path(args.out)
     data = PreparedData.load(args.data)
@@ -457,6 +562,9 @@ def run(args) -> dict:
         if "nccl" in parts:
             doc["nccl"] = nccl(minilm, catalog, user_items, sizes["exact"], device, tmp)
             write(out, doc)
+        if "sync" in parts:
+            doc["sync"] = sync_check(minilm, catalog, user_items, sizes["exact"], device, sizes["precisions"][-1])
+            write(out, doc)
         if "speed" in parts:
             doc["speed"] = speed_part(args, sizes, data, minilm, device, tmp)
             write(out, doc)
@@ -464,6 +572,8 @@ def run(args) -> dict:
             del minilm
             doc["quality"] = quality(args, sizes, data, device, out)
             write(out, doc)
+    doc["seconds"] = time.perf_counter() - t_start
+    write(out, doc)
     return doc
 
 
@@ -491,14 +601,20 @@ def main(argv=None) -> int:
         p.add_argument("--data", required=True, help="prepared folder (beeray prepare goodbooks ...)")
         p.add_argument("--model", required=True, help="SentenceTransformer folder (MiniLM; fp16 is fine)")
         p.add_argument("--out", required=True, help="JSON file for the results (written after each part)")
-        p.add_argument("--parts", default="exact,nccl,speed,quality")
-        p.add_argument("--reps", type=int, default=0, help="timed repetitions (default 2 on a GPU)")
+        mode = p.add_mutually_exclusive_group()
+        mode.add_argument("--quick", action="store_true", help="the default: fits one 15-minute GPU lease")
+        mode.add_argument("--full", action="store_true", help="fp32 and bf16 speed rows, 2 reps, 20-epoch quality run")
+        p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+        p.add_argument("--reps", type=int, default=0, help="timed repetitions (default: 1 with --quick, 2 with --full)")
         p.add_argument("--activation-memory", type=float, default=None,
                        help="GiB of kept pass-1 graphs for the second timed step (default: half the GPU)")
         p.add_argument("--cpu", action="store_true", help="tiny sizes on the CPU: the code path check for make test")
         doc = run(p.parse_args(argv))
     print(summary(doc))
-    return 0 if all(r["ok"] for r in doc.get("exact", [])) and doc.get("nccl", {}).get("ok", True) else 1
+    if "seconds" in doc:
+        print(f"gpu.py {doc['mode']}: {doc['seconds']:.0f} s from the data load to the end")
+    checks = doc.get("exact", []) + [doc[k] for k in ("nccl", "sync") if k in doc]
+    return 0 if all(r["ok"] for r in checks) else 1
 
 
 if __name__ == "__main__":

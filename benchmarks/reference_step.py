@@ -14,18 +14,19 @@ models.py + dataloaders.py) as far as cost is concerned:
 - no RNG replay: dropout masks in pass 2 differ from pass 1 (the defect docs/method.md §2 notes).
 The loss is the reference's ELSA + NMSE: prediction relu(x Â_pos Â_allᵀ − y), rows
 L2-normalised, mean squared error. It is a negligible share of the step either way.
-`amp` runs both passes under bf16 autocast, for comparisons at equal precision.
+`precision` (fp32 | bf16 | fp16) is the autocast of both passes, for comparisons at equal precision.
 Not part of beeray; do not use it for training.
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from beeray.precision import autocast
 
 
 @dataclass(frozen=True)
@@ -48,20 +49,15 @@ def tokenize_catalog(model, texts: list[str], max_seq_length: int, device) -> Re
                             int(enc["input_ids"].shape[1]))
 
 
-def _autocast(device, amp: bool):
-    device = torch.device(device)
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
-
-
-def _embed(model, feats: dict, amp: bool) -> torch.Tensor:
-    with _autocast(feats["input_ids"].device, amp):
+def _embed(model, feats: dict, precision: str) -> torch.Tensor:
+    with autocast(feats["input_ids"].device, precision):
         return model(dict(feats))["sentence_embedding"].float()
 
 
 def reference_encode_no_grad(model, catalog: ReferenceCatalog, rows: np.ndarray, chunk: int,
-                             amp: bool = False) -> torch.Tensor:
+                             precision: str = "fp32") -> torch.Tensor:
     with torch.no_grad():
-        parts = [_embed(model, catalog.features(rows[s:s + chunk]), amp) for s in range(0, rows.size, chunk)]
+        parts = [_embed(model, catalog.features(rows[s:s + chunk]), precision) for s in range(0, rows.size, chunk)]
     return torch.vstack(parts)
 
 
@@ -75,7 +71,7 @@ def reference_loss(x_pos: torch.Tensor, y: torch.Tensor, a: torch.Tensor, n_pos:
 
 
 def reference_train_step(model, optimizer, catalog: ReferenceCatalog, user_items: list[np.ndarray],
-                         item_set: np.ndarray, *, sbert_batch_size: int, device, amp: bool = False) -> float:
+                         item_set: np.ndarray, *, sbert_batch_size: int, device, precision: str = "fp32") -> float:
     """One reference step on the given I_b (catalog rows); positives are put first, as the reference does.
 
     Returns the loss."""
@@ -91,13 +87,13 @@ def reference_train_step(model, optimizer, catalog: ReferenceCatalog, user_items
     x_pos = y_t[:, :positives.size]
 
     optimizer.zero_grad(set_to_none=True)
-    a = reference_encode_no_grad(model, catalog, order, sbert_batch_size, amp)  # pass 1
+    a = reference_encode_no_grad(model, catalog, order, sbert_batch_size, precision)  # pass 1
     a.requires_grad_(True)
     loss = reference_loss(x_pos, y_t, a, positives.size)
     loss.backward()
     grad = a.grad
     for s in range(0, order.size, sbert_batch_size):  # pass 2, no RNG replay
-        out = _embed(model, catalog.features(order[s:s + sbert_batch_size]), amp)
+        out = _embed(model, catalog.features(order[s:s + sbert_batch_size]), precision)
         out.backward(gradient=grad[s:s + sbert_batch_size])
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

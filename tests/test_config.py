@@ -107,7 +107,7 @@ def test_train_config_coerces_and_refuses(tmp_path):
     path.write_text("lr: 1e-5\nm: '512'\namp: bf16\nattention_dropout: null\nuse_gpu: 'yes'\n")
     cfg = train_config(str(path))
     assert (cfg.lr, cfg.m, cfg.amp, cfg.attention_dropout, cfg.use_gpu) == (1e-5, 512, "bf16", None, True)
-    for text, message in [("m: 1.5", "m must be int"), ("amp: fp8", "amp must be one of auto, bf16 or off"),
+    for text, message in [("m: 1.5", "m must be int"), ("amp: fp8", "amp must be one of auto, bf16, fp16 or off"),
                           ("parallel: model", "parallel must be items or data"), ("lr: fast", "lr must be float"),
                           ("epochs: true", "epochs must be int"), ("batch_sise: 3", "unknown key(s) batch_sise"),
                           ("lr: -1", "lr must be > 0"), ("activation_memory: -2", "activation_memory must be >= 0"),
@@ -117,6 +117,23 @@ def test_train_config_coerces_and_refuses(tmp_path):
         with pytest.raises(BeerayError, match=re.escape(message)) as err:
             train_config(str(path))
         assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_gpus_per_worker_is_a_positive_whole_number_with_use_gpu(tmp_path):
+    """0.5 GPU per worker would put two NCCL ranks on one device (NCCL refuses it at the first
+    collective, after the cluster was reserved); 0 would train on no GPU at all."""
+    from beeray.cli import main
+
+    for value in ("0.5", "1.5"):
+        with pytest.raises(BeerayError, match=r"gpus_per_worker must be int, got '?" + re.escape(value)):
+            train_config(None, {"use_gpu": True, "gpus_per_worker": value})
+    for value in (0, -1):
+        with pytest.raises(BeerayError, match="gpus_per_worker must be a positive integer with use_gpu"):
+            train_config(None, {"use_gpu": True, "gpus_per_worker": value})
+    assert train_config(None, {"use_gpu": True, "gpus_per_worker": 2.0}).gpus_per_worker == 2
+    assert train_config(None, {"use_gpu": False, "gpus_per_worker": 0}).gpus_per_worker == 0  # unused on CPU
+    # from the command line: one line, exit 2, before anything starts
+    assert main(["train", "--data", str(tmp_path), "--use-gpu", "--gpus-per-worker", "0.5"]) == 2
 
 
 def test_overrides_are_yaml_scalars_never_evaluated():

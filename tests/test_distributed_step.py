@@ -186,6 +186,21 @@ def test_comm_refuses_tensors_off_its_device():
         comm.all_gather_rows(torch.zeros(2, 4))
 
 
+def test_collective_on_another_gpu_is_refused():
+    """The whole device is compared: a cuda:0 tensor in the cuda:1 worker would pass a type check and
+    then hang or corrupt NCCL. (No GPU needed: the check reads only the tensor's device.)"""
+    from types import SimpleNamespace
+
+    comm = Comm(torch.device("cuda", 1))
+    with pytest.raises(RuntimeError, match="collective on a cuda:0 tensor, but this process works on cuda:1"):
+        comm._check(SimpleNamespace(device=torch.device("cuda", 0)))
+    same = SimpleNamespace(device=torch.device("cuda", 1))
+    assert comm._check(same) is same
+    cpu = Comm("cpu")
+    tensor = torch.zeros(1)
+    assert cpu._check(tensor) is tensor and Comm(torch.device("cpu", 0)).device == cpu.device
+
+
 def test_forced_single_rank_group_runs_every_collective(tiny_model_dir, tmp_path):
     """Comm(active=True) with one rank runs the real collectives (what benchmarks/gpu.py does under
     NCCL on one GPU) and gives the plain single-process step."""

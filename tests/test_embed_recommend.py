@@ -212,3 +212,46 @@ def test_a_float16_shard_reads_back_as_the_models_embeddings(tiny_model_dir, tmp
     want = encode_items(load_model(str(tiny_model_dir)), texts, show_progress=False)
     assert list(ids) == ["p", "t", "c"] and emb.dtype == np.float32
     np.testing.assert_allclose(emb, want, rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize(("precision", "atol", "min_cos"), [("fp32", 1e-6, 1 - 1e-6), ("bf16", 5e-3, 0.9995),
+                                                            ("fp16", 1e-3, 0.99999)])
+def test_embed_precision_matches_model_encode_within_its_tolerance(tiny_model_dir, tmp_path, precision, atol,
+                                                                   min_cos):
+    """An encoder actor under autocast gives unit-norm float32 rows equal to `model.encode` in
+    float32 up to the precision's rounding: fp32 to 1e-6; bf16 (8 mantissa bits) to 5e-3 per value
+    and cosine >= 0.9995; fp16 (11 bits) to 1e-3 and cosine >= 0.99999. (all-MiniLM-L6-v2 on 64
+    Goodbooks descriptions, CPU: bf16 1.2e-3 and 0.99997, fp16 1.8e-4 and 0.9999995.)"""
+    from beeray.embed import ShardEncoder
+    from beeray.evaluate import encode_items
+    from beeray.models import load_model
+
+    texts = [f"item {i}: " + " ".join(["laser printer", "black toner", "a tent for two", "lens cap"][: 1 + i % 4])
+             for i in range(37)]
+    encoder = ShardEncoder(str(tiny_model_dir), str(tmp_path), "float32", 8, False, precision=precision, cpus=2)
+    assert encoder.precision == precision
+    got = encoder.encode(texts)
+    model = load_model(str(tiny_model_dir))
+    model.eval()
+    want = encode_items(model, texts, show_progress=False)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got, want, rtol=0, atol=atol)
+    assert (got * want).sum(axis=1).min() >= min_cos
+    if precision != "fp32":  # autocast really ran: not the float32 result
+        assert np.abs(got - want).max() > 1e-6
+
+
+def test_embed_refuses_to_mix_precisions_in_one_folder(tmp_path):
+    """Shards encoded at one precision are not continued at another (the manifest records it)."""
+    from beeray.data.items import read_item_texts
+    from beeray.embed import MANIFEST, embed
+
+    catalog = tmp_path / "items.csv"
+    catalog.write_text("item_id,text\na,a laser printer\nb,black toner\n")
+    items = read_item_texts(str(catalog), "item_id", "text", "refuse")
+    out = tmp_path / "emb"
+    out.mkdir()
+    (out / MANIFEST).write_text(json.dumps({"model": "m", "shard_size": 100_000, "dtype": "float32", "shards": []}))
+    with pytest.raises(BeerayError, match=r"another precision \(precision='fp32'\)"):
+        embed("m", items, out, precision="bf16")

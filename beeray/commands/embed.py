@@ -20,7 +20,7 @@ def register(sub) -> None:
         epilog="examples:\n"
                "  beeray embed --model runs/demo/model --items data/shop --out runs/demo/embeddings\n"
                "  beeray embed --model runs/ml/model --items catalog.parquet --out emb --workers 4 --use-gpu "
-               "--dtype float16 --faiss\n"
+               "--dtype float16 --faiss   # bf16 autocast, 512 texts a batch\n"
                "  beeray embed --model runs/ml/model --items new_items.csv --id-column asin --bad-rows skip "
                "--out emb\n\n"
                "--items: a prepared-data folder (its items.parquet), a parquet/csv/tsv/jsonl/feather file, or a "
@@ -35,9 +35,14 @@ def register(sub) -> None:
                    help="rows without id or text, or repeating an id: refuse the file (default) or skip them")
     p.add_argument("--shard-size", type=int, default=100_000, help="items per output shard (default: 100000)")
     p.add_argument("--workers", type=int, default=2, help="encoder actors (default: 2)")
-    p.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs per actor without --use-gpu (default: 1)")
+    p.add_argument("--cpus-per-worker", type=int, default=None,
+                   help="CPUs per actor, which also tokenize its texts (default: 1; 4 with --use-gpu)")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per actor")
-    p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="stored precision")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="compute precision (autocast): auto = bf16 on GPUs with native bf16 (compute capability "
+                        ">= 8.0), else fp32 (default: auto)")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32",
+                   help="stored precision of the unit-norm vectors (default: float32)")
     p.add_argument("--faiss", action="store_true", help="also write OUT/index.faiss (needs beeray[faiss])")
     p.add_argument("--address", help="Ray cluster address (default: local Ray, or RAY_ADDRESS)")
     p.set_defaults(func=run)
@@ -54,7 +59,8 @@ def run(args) -> int:
         print(f"beeray embed: skipped {len(items.skipped) - 20} more bad rows")
     manifest = embed(args.model, items, args.out, shard_size=args.shard_size, workers=args.workers,
                      dtype=args.dtype, batch_size=args.batch_size, use_gpu=args.use_gpu,
-                     cpus_per_worker=args.cpus_per_worker, build_index=args.faiss, address=args.address,
+                     cpus_per_worker=args.cpus_per_worker, precision=args.precision, build_index=args.faiss,
+                     address=args.address,
                      trust_remote_code=args.trust_remote_code)
     rate = f", {manifest['items_per_s']:,.0f} items/s" if manifest["items_per_s"] else ""
     print(f"{manifest['rows']:,} items x {manifest['dim']} ({manifest['dtype']}) in {args.out} "

@@ -57,7 +57,10 @@ def run(args) -> int:
         from beeray.models import load_model
 
         model = load_model(args.model, trust_remote_code=args.trust_remote_code)
-        ids, emb, source = items.ids, encode_items(model, items.texts, args.batch_size, show_progress=False), args.items
+        from beeray.embed import BATCH_SIZE
+
+        emb = encode_items(model, items.texts, args.batch_size or BATCH_SIZE["cpu"], show_progress=False)
+        ids, source = items.ids, args.items
     else:
         raise BeerayError("give --items (to encode with --model, and for the texts) or --embeddings")
     texts = dict(zip(items.ids, items.texts)) if items is not None else {}

@@ -164,10 +164,13 @@ ORACLE_NOTE = ("(popularity oracle) ranks the candidates by how often they are t
 
 
 def result_row(res: dict) -> dict:
-    """One flat record of a result: identification, metrics, their stderr, user counts, popularity columns,
-    and for a baseline its chosen parameters and seconds."""
-    row = {k: res[k] for k in ("model", "data", "split") if k in res}
+    """One flat record of a result: identification (with the part of a multi-dataset folder), user counts,
+    how many of the scored cold items the model trained on (models with a training record), metrics, their
+    stderr, popularity columns, and for a baseline its chosen parameters and seconds."""
+    row = {k: res[k] for k in ("model", "data", "split", "part") if k in res}
     row.update(users=res["users"], excluded_users=res["excluded_users"])
+    if "trained_cold_items" in res:  # the model's training record: how many scored cold items it trained on
+        row.update(trained_cold_items=res["trained_cold_items"], cold_items=res.get("cold_items"))
     for m in METRICS:
         row[m] = res[m]
         row[f"{m}_stderr"] = res["stderr"][m]

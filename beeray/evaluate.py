@@ -33,6 +33,7 @@ VAL_METRICS: tuple[str, ...] = tuple(f"val_{m}" for m in METRICS)  # what traini
 STRATA = ("head", "middle", "tail")  # thirds of the candidates' target interactions, most popular first
 POPULARITY_METRICS: tuple[str, ...] = (*(f"recall@20_{s}" for s in STRATA), "recall@20_micro",
                                        "popularity_percentile@20")
+JOINT = "joint"  # the part label of a multi-dataset folder's whole split (every dataset's users and cold items)
 TOP_N = 100  # the largest K of any metric: nothing below rank 100 can change a result
 # Largest users x candidates score block (float64) one scoring batch may hold: 2^24 elements =
 # 128 MB. A batch has fewer users when the candidates are many (16 for a 10^6-item catalog). Ranking
@@ -368,10 +369,11 @@ def score_split(
     return result
 
 
-def encoder_scorer(model, data: "PreparedData", split: "EvalSplit", batch_size: int = 64,
+def encoder_scorer(model, data: "PreparedData", *splits: "EvalSplit", batch_size: int = 64,
                    show_progress: bool = True) -> CBFScorer:
-    """Encode the items `split` reads (sources and candidates) with `model`: the CBF scorer."""
-    idx = needed_items(split)
+    """Encode the items the `splits` read (sources and candidates) with `model`, once: the CBF scorer.
+    Several splits (the parts of a multi-dataset folder) share one encoding of their items."""
+    idx = np.unique(np.concatenate([needed_items(s) for s in splits]))
     vecs = encode_items(model, [data.texts[i] for i in idx], batch_size=batch_size, show_progress=show_progress)
     emb = np.zeros((data.n_items, vecs.shape[1]), dtype=np.float32)
     emb[idx] = vecs
@@ -387,27 +389,43 @@ def evaluate(
     bootstrap: int = 1000,
     seed: int = 0,
     show_progress: bool = True,
+    part: str | None = None,
 ) -> dict:
-    """Metrics of the text encoder `model` on the split `which` ("val" or "test")."""
-    split = data.eval_split(which)
+    """Metrics of the text encoder `model` on the split `which` ("val" or "test"); `part`: one dataset
+    of a multi-dataset folder (its users, its cold items as candidates), None the whole folder."""
+    split = data.eval_split(which, part)
     scorer = encoder_scorer(model, data, split, batch_size=batch_size, show_progress=show_progress)
     return score_split(scorer, split, batch_users=batch_users, bootstrap=bootstrap, seed=seed,
                        show_progress=show_progress)
 
 
-def evaluate_models(models: list[str], datasets: dict[str, "PreparedData"], which: str, device: str | None = None,
+def evaluate_models(models: list[str], targets: dict[str, tuple["PreparedData", str | None]], which: str,
+                    device: str | None = None, batch_size: int = 64, show_progress: bool = True,
                     **kwargs) -> dict[str, dict]:
-    """{model: {dataset label: result}}: each model is loaded once and scored on every dataset."""
+    """{model: {target label: result}}: each model is loaded once and scored on every target, a
+    (prepared folder, part) pair (part: one dataset of a multi-dataset folder, None the whole folder).
+    The parts of one folder share one encoding of their items; a result's `seconds` is that encoding
+    plus its own scoring."""
     from beeray.models import load_model
 
+    by_data: dict[int, list[str]] = {}
+    for label, (data, _) in targets.items():
+        by_data.setdefault(id(data), []).append(label)
     out: dict[str, dict] = {}
     for name in models:
         model = load_model(name, device=device)
         out[name] = {}
-        for label, data in datasets.items():
-            print(f"evaluating {name} on {label} ({which})", flush=True)
+        for labels in by_data.values():
+            data = targets[labels[0]][0]
+            splits = {label: data.eval_split(which, targets[label][1]) for label in labels}
+            print(f"evaluating {name} on {', '.join(labels)} ({which})", flush=True)
             t0 = time.perf_counter()
-            res = evaluate(model, data, which, **kwargs)
-            out[name][label] = {"model": name, "data": str(data.root), "split": which, **res,
-                                "seconds": time.perf_counter() - t0}  # encoding and scoring
+            scorer = encoder_scorer(model, data, *splits.values(), batch_size=batch_size, show_progress=show_progress)
+            encode_s = time.perf_counter() - t0
+            for label, split in splits.items():
+                t1 = time.perf_counter()
+                res = score_split(scorer, split, show_progress=show_progress, **kwargs)
+                out[name][label] = {"model": name, "data": str(data.root), "split": which,
+                                    **({"part": split.part or JOINT} if data.parts else {}), **res,
+                                    "seconds": encode_s + time.perf_counter() - t1}
     return out

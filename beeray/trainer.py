@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from beeray import artifacts
+from beeray import artifacts, training_record
 from beeray.checkpoint import MODEL_DIR, read_state
 from beeray.config import TrainConfig, to_dict
 from beeray.data.prepared import PreparedData
@@ -162,6 +162,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, baseline: bool = True, tags
     if cfg.save_dtype != "float32":
         save_model(load_model(str(model_dir), device="cpu", trust_remote_code=cfg.trust_remote_code),
                    model_dir, cfg.save_dtype)
+    # After the last rewrite of the folder: what it trained on, for evaluate's leak guard.
+    training_record.write(model_dir, training_record.build(data, cfg.full_train, cfg.model))
     artifacts.write_history(state.history, state.steps, out)
     # On a cluster the driver sits on the (CPU) head node: evaluate where the workers' devices are.
     gpus = cfg.gpus_per_worker if cfg.use_gpu else 0

@@ -60,7 +60,10 @@ def run(cmd: list[str], log: Path) -> float:
         proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO,
                               env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     if proc.returncode != 0:
-        raise SystemExit(f"failed ({proc.returncode}): {shlex.join(cmd)}; see {log}")
+        # beeray's own errors are one line, the log's last (e.g. compare's leak guard): show it here
+        last = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:]
+        raise SystemExit(f"failed ({proc.returncode}): {shlex.join(cmd)}; see {log}"
+                         + (f"\n{last[0]}" if last else ""))
     return time.perf_counter() - t0
 
 

@@ -127,7 +127,9 @@ def test_time_split_per_user_order(tmp_path):
                                          pd.DataFrame({"item_id": ["1"], "text": ["x"]})), min_user_interactions=1))
 
 
-def test_goodlens_per_dataset_cold_items():
+def test_goodlens_parts_draw_their_own_cold_items():
+    """Each dataset of a goodlens catalog gets the cold items its item split alone gives (same seed, the
+    sizes per dataset), not a share of one draw over the joint catalog."""
     def raw(name, n_items, seed):
         rng = np.random.default_rng(seed)
         inter = pd.DataFrame({"user_id": [str(u) for u in range(40) for _ in range(8)],
@@ -135,17 +137,26 @@ def test_goodlens_per_dataset_cold_items():
         return RawDataset(name, inter, pd.DataFrame({"item_id": [str(i) for i in range(n_items)],
                                                      "text": [f"{name} {i}" for i in range(n_items)]}))
 
-    data = preprocess(combine({"goodbooks": raw("goodbooks", 150, 0), "movielens": raw("movielens", 50, 1)}))
+    raws = {"goodbooks": raw("goodbooks", 150, 0), "movielens": raw("movielens", 50, 1)}
+    data = preprocess(combine(raws))
     assert data.items.item_id.is_unique
-    s = item_split(data, val_items=20, test_items=20, seed=3)
-    ds = data.items.dataset.to_numpy()
-    per = s.per_dataset
-    n_gb = int((ds == "goodbooks").sum())
-    assert len(per["goodbooks"]["val_items"]) == round(20 * n_gb / data.n_items)
-    assert sum(len(p["val_items"]) for p in per.values()) == 20
-    for name, p in per.items():
-        assert set(ds[p["val_items"]]) == {name} and set(ds[p["test_items"]]) == {name}
-    assert sorted(per["goodbooks"]["test_items"] + per["movielens"]["test_items"]) == s.test_items
+    ids = data.items.item_id.to_numpy()
+    for sizes in ({"val_items": 7, "test_items": 5}, {}):
+        s = item_split(data, seed=3, **sizes)
+        for name, r in raws.items():
+            alone = preprocess(r)
+            a = item_split(alone, seed=3, **sizes)
+            mine = s.per_dataset[name]
+            for which in ("val", "test"):
+                want = {f"{name}:{i}" for i in alone.items.item_id.to_numpy()[getattr(a, f"{which}_items")]}
+                assert set(ids[mine[f"{which}_items"]]) == want, (name, which, sizes)
+                ev = getattr(a, which)
+                assert (mine[f"{which}_users"], mine[f"{which}_excluded_users"]) == (len(ev.frame), ev.excluded_users)
+            assert len(mine["val_items"]) == sizes.get("val_items", default_cold_size(alone.n_items))
+        assert sorted(s.per_dataset["goodbooks"]["test_items"] + s.per_dataset["movielens"]["test_items"]) \
+            == s.test_items
+    with pytest.raises(BeerayError, match="dataset 'movielens'.*lower --val-items"):
+        item_split(data, val_items=30, test_items=20, seed=3)  # movielens has fewer than 50 items
 
 
 def test_prepared_reader_matches_split(tmp_path):

@@ -72,11 +72,12 @@ def training_matrix(data: PreparedData, which: str) -> sp.csr_matrix:
     return lists_to_csr(pq.read_table(path, columns=["items"]).column("items").to_pylist(), data.n_items)
 
 
-def check_split(cls: type[Baseline], data: PreparedData, which: str, train: sp.csr_matrix) -> None:
+def check_split(cls: type[Baseline], data: PreparedData, which: str, train: sp.csr_matrix,
+                part: str | None = None) -> None:
     """A collaborative baseline can only rank candidates that have training interactions."""
     if cls.needs != "interactions":
         return
-    cand = data.eval_split(which).candidates
+    cand = data.eval_split(which, part).candidates
     known = np.asarray(train[:, cand].sum(axis=0)).ravel() > 0
     if not known.any():
         raise BeerayError(f"baseline {cls.name} learns from interactions, but none of the {cand.size} {which} "
@@ -87,11 +88,13 @@ def check_split(cls: type[Baseline], data: PreparedData, which: str, train: sp.c
 
 def evaluate_baseline(name: str, data: PreparedData, which: str, *, params: dict | None = None,
                       item_embeddings: Callable[[], np.ndarray] | None = None, seed: int = 0,
-                      log: Callable[[str], None] = print, **eval_kwargs) -> dict:
+                      log: Callable[[str], None] = print, part: str | None = None, **eval_kwargs) -> dict:
     """Choose `name`'s hyperparameters on validation, then score split `which`; the evaluator's result
     plus `params` (the chosen ones), `search` (each tried configuration's validation metric) and seconds.
-    `seed` seeds the baseline's own randomness and the bootstrap."""
-    from beeray.evaluate import score_split
+    `seed` seeds the baseline's own randomness and the bootstrap. `part`: one dataset of a multi-dataset
+    folder, whose validation split then chooses the hyperparameters and whose test split is scored (the
+    baseline still learns from the whole folder's training file, as a model trained on it does)."""
+    from beeray.evaluate import JOINT, score_split
 
     cls = get(name)
     if cls.needs == "text" and item_embeddings is None:
@@ -101,8 +104,8 @@ def evaluate_baseline(name: str, data: PreparedData, which: str, *, params: dict
     grid = [dict(t) for t in dict.fromkeys(tuple(sorted(g.items())) for g in grid)]  # fixed params collapse it
     t0 = time.perf_counter()
     val_train = training_matrix(data, "val")
-    check_split(cls, data, "val", val_train)
-    val_split = data.eval_split("val")
+    check_split(cls, data, "val", val_train, part)
+    val_split = data.eval_split("val", part)
     search = []
     best, best_value, best_model = None, -np.inf, None
     for combo in grid:
@@ -116,12 +119,13 @@ def evaluate_baseline(name: str, data: PreparedData, which: str, *, params: dict
             best, best_value, best_model = combo, value, model
     if which == "test":
         test_train = training_matrix(data, "test")
-        check_split(cls, data, "test", test_train)
+        check_split(cls, data, "test", test_train, part)
         best_model = cls(**best).fit(Context(data, "test", test_train, item_embeddings, seed))
     fit_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    result = score_split(best_model, data.eval_split(which), seed=seed, **eval_kwargs)
-    return {"model": f"baseline:{name}", "data": str(data.root), "split": which, **result,
+    result = score_split(best_model, data.eval_split(which, part), seed=seed, **eval_kwargs)
+    return {"model": f"baseline:{name}", "data": str(data.root), "split": which,
+            **({"part": part or JOINT} if data.parts else {}), **result,
             "params": {**best_model.params}, "search": search, "fit_s": fit_s, "score_s": time.perf_counter() - t1}
 
 

@@ -8,6 +8,9 @@ from typing import Callable
 
 from beeray.errors import BeerayError
 from beeray.models import DEFAULT_MODEL
+from beeray.training_record import ALLOW_FLAG, RECORD
+
+MARK = "(!)"  # a table row scored on cold items its model trained on (--allow-trained-items)
 
 
 def add_eval_options(p: argparse.ArgumentParser) -> None:
@@ -28,13 +31,18 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for stderr (default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="encoder device (default: auto)")
+    p.add_argument(ALLOW_FLAG, dest="allow_trained_items", action="store_true",
+                   help="score a beeray-trained model even on cold items it trained on (its folder's "
+                        f"{RECORD} lists them; without this flag that is refused, exit 2); such results "
+                        "carry trained_cold_items and their table row is marked (!)")
 
 
 def add_catalog_options(p: argparse.ArgumentParser) -> None:
     """How `embed` and `recommend` read a catalog file (beeray/data/items.py) and run its encoder."""
     p.add_argument("--id-column", default="item_id", help="id column of --items (default: item_id)")
     p.add_argument("--text-column", default="text", help="text column of --items (default: text)")
-    p.add_argument("--batch-size", type=int, default=64, help="texts per encoder batch (default: 64)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="texts per encoder batch (default: 64; embed --use-gpu: 512)")
     p.add_argument("--trust-remote-code", action="store_true", help="let the model run its own code")
 
 
@@ -59,24 +67,48 @@ def baseline_params(args) -> dict[str, dict]:
     return {name: parse_params(name, settings) for name, settings in pairs.items()}
 
 
+def eval_targets(datasets: dict) -> dict[str, tuple]:
+    """What gets one result per model: label -> (prepared folder, part). A single-dataset folder is
+    scored whole under its label; a multi-dataset (goodlens) folder once per dataset, "<label>:<dataset>"
+    (that dataset's users, its own cold items as candidates), then whole, "<label>:joint"."""
+    from beeray.evaluate import JOINT
+
+    targets: dict[str, tuple] = {}
+    for label, data in datasets.items():
+        if not data.parts:
+            targets[label] = (data, None)
+            continue
+        targets.update({f"{label}:{part}": (data, part) for part in data.parts})
+        targets[f"{label}:{JOINT}"] = (data, None)
+    return targets
+
+
 def run_evaluations(args, datasets: dict, which: str,
                     log: Callable[[str], None] = print) -> tuple[dict[str, dict], dict[str, dict]]:
-    """({row name: {dataset label: result}}, {dataset label: popularity oracle}) for every --model and
-    --baseline on every dataset, all through the same evaluator."""
-    from beeray.baselines import check_split, evaluate_baseline, get, training_matrix
+    """({row name: {target label: result}}, {target label: popularity oracle}) for every --model and
+    --baseline on every target of every dataset (eval_targets), all through the same evaluator. A model
+    that trained on the cold items of a target is refused before anything runs (beeray/training_record.py)."""
+    from beeray import training_record
+    from beeray.baselines import BASELINES, check_split, evaluate_baseline, get, training_matrix
     from beeray.baselines.oracle import PopularityOracle
     from beeray.evaluate import encode_items, evaluate_models, score_split
     from beeray.models import load_model
 
     params = baseline_params(args)
+    targets = eval_targets(datasets)
+    for data, part in targets.values():  # a part an older goodlens folder lacks fails before any model loads
+        data.cold_items(which, part)
     for name in params:  # a baseline that cannot run on a dataset fails before anything is computed
-        for data in datasets.values():
+        for data, part in targets.values():
             for split in ("val", which):
-                check_split(get(name), data, split, training_matrix(data, split))
+                check_split(get(name), data, split, training_matrix(data, split), part)
     models = list(dict.fromkeys(args.model or ([] if params else [DEFAULT_MODEL])))
-    rows = evaluate_models(models, datasets, which, device=args.device, batch_size=args.batch_size,
-                           **eval_kwargs(args))
     text_model = args.text_model or (models[0] if models else DEFAULT_MODEL)
+    text_baselines = [name for name in params if BASELINES[name].needs == "text"]
+    trained = training_record.check(models + ([text_model] if text_baselines else []), targets, which,
+                                    allow=getattr(args, "allow_trained_items", False))
+    rows = evaluate_models(models, targets, which, device=args.device, batch_size=args.batch_size,
+                           **eval_kwargs(args))
     encoder = []  # loaded once, on first use by a text baseline
 
     def embeddings_of(data) -> Callable:
@@ -91,17 +123,46 @@ def run_evaluations(args, datasets: dict, which: str,
             return cache[0]
         return embeddings
 
-    item_embeddings = {label: embeddings_of(data) for label, data in datasets.items()}
+    item_embeddings = {id(data): embeddings_of(data) for data in datasets.values()}  # a folder's parts share them
     for name, fixed in params.items():
         per = rows.setdefault(f"baseline:{name}", {})
-        for label, data in datasets.items():
+        for label, (data, part) in targets.items():
             log(f"evaluating baseline {name} on {label} ({which})")
-            per[label] = evaluate_baseline(name, data, which, params=fixed, item_embeddings=item_embeddings[label],
-                                           log=log, **eval_kwargs(args))
-            if name in ("heater", "text-popularity", "cbf+popularity"):
+            per[label] = evaluate_baseline(name, data, which, params=fixed, part=part, log=log,
+                                           item_embeddings=item_embeddings[id(data)], **eval_kwargs(args))
+            if name in text_baselines:
                 per[label]["text_model"] = text_model
+    # Label what a model scored on cold items it trained on (only reached with --allow-trained-items).
+    for row, per in rows.items():
+        counts = trained.get(text_model if row.removeprefix("baseline:") in text_baselines else row, {})
+        for label, res in per.items():
+            if label in counts:
+                data, part = targets[label]
+                res["trained_cold_items"] = counts[label]
+                res["cold_items"] = int(data.cold_items(which, part).size)
     oracle = {}
-    for label, data in datasets.items():
-        split = data.eval_split(which)
+    for label, (data, part) in targets.items():
+        split = data.eval_split(which, part)
         oracle[label] = score_split(PopularityOracle(split.target), split, **eval_kwargs(args))
     return rows, oracle
+
+
+def print_tables(rows: dict[str, dict], oracle: dict[str, dict], which: str, title: Callable[[str], str]) -> None:
+    """A metrics table per target (`title(label)` above it), closed by its popularity oracle; a row scored
+    on cold items its model trained on is marked, and a note under the table says how many."""
+    from beeray import artifacts
+
+    for label in oracle:
+        named, notes = {}, []
+        for name, per in rows.items():
+            res = per[label]
+            if res.get("trained_cold_items"):
+                named[f"{name} {MARK}"] = res
+                notes.append(f"{MARK} {name} trained on {res['trained_cold_items']} of the {res['cold_items']} "
+                             f"{which} cold items scored here ({ALLOW_FLAG}): not a cold-start figure.")
+            else:
+                named[name] = res
+        print(f"\n{title(label)}")
+        print(artifacts.metrics_table(named, oracle=oracle[label]))
+        for note in notes:
+            print(note)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from beeray import artifacts
-from beeray.commands import add_eval_options, run_evaluations
+from beeray.commands import add_eval_options, eval_targets, print_tables, run_evaluations
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Evaluate every --model and --baseline on every --data split: a table per dataset on screen "
             "(with the popularity oracle's line), and one row per model with <dataset>/<metric> columns "
-            "(plus _stderr, /users and the popularity columns) in a CSV, like the paper's Table 2."
+            "(plus _stderr, /users and the popularity columns) in a CSV, like the paper's Table 2. A multi-dataset "
+            "(goodlens) folder gives a table per dataset (LABEL:goodbooks, ...) and one for the whole (LABEL:joint): "
+            "the paper's Table 3. A model is refused on cold items it trained on unless --allow-trained-items."
         ),
     )
     p.add_argument("--data", required=True, action="append", type=Path, metavar="DIR",
@@ -44,7 +46,7 @@ def table_rows(results: dict[str, dict], labels: list[str]) -> list[dict]:
         row: dict = {"model": model}
         for label in labels:
             flat = artifacts.result_row(per_data[label])
-            row.update({f"{label}/{k}": v for k, v in flat.items() if k not in ("model", "data", "split")})
+            row.update({f"{label}/{k}": v for k, v in flat.items() if k not in ("model", "data", "split", "part")})
         rows.append(row)
     return rows
 
@@ -57,17 +59,15 @@ def run(args) -> int:
     labels = dataset_labels(args.data, loaded)
     datasets = dict(zip(labels, loaded))
     results, oracle = run_evaluations(args, datasets, args.split)
-
-    for lab in labels:
-        print(f"\n{lab} — {args.split} split")
-        print(artifacts.metrics_table({name: per[lab] for name, per in results.items()}, oracle=oracle[lab]))
+    print_tables(results, oracle, args.split, lambda lab: f"{lab} — {args.split} split")
 
     if args.out:
         if args.out.suffix.lower() == ".csv":
-            artifacts.write_csv(args.out, table_rows(results, labels))
+            artifacts.write_csv(args.out, table_rows(results, list(oracle)))
         else:
             artifacts.write_json(args.out, {"split": args.split,
-                                            "datasets": {lab: str(d.root) for lab, d in datasets.items()},
+                                            "datasets": {lab: str(data.root)
+                                                         for lab, (data, _) in eval_targets(datasets).items()},
                                             "results": results, "oracle": oracle})
         print(f"wrote {args.out}")
     return 0

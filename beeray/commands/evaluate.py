@@ -3,31 +3,43 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 from pathlib import Path
 
 import json
 
 from beeray import artifacts
-from beeray.commands import add_eval_options, run_evaluations
+from beeray.commands import add_eval_options, print_tables, run_evaluations
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
         help="cold-start / time-split metrics of sentence encoders on a prepared dataset",
-        description=(
+        description="\n\n".join(textwrap.fill(par, 100) for par in (
             "Encode the split's items with each model, score users with relu(x Â Âᵀ − x) over the "
             "split's candidates and report CalibratedRecall@20/@50 and NDCG@100 (RecPack) with "
             "bootstrap standard errors, plus Recall@20 on the head / middle / tail thirds of the targets by "
             "popularity. Several --model evaluate each on the same split (a model trained on another dataset "
             "gives the cross-dataset / zero-shot figure); --baseline adds baselines scored the same way. The "
-            "popularity oracle (candidates ranked by the split's own target counts) closes the table."
-        ),
+            "popularity oracle (candidates ranked by the split's own target counts) closes the table.",
+            "On a multi-dataset (goodlens) folder every model and baseline gets one labelled result per dataset "
+            "(DATA:goodbooks, DATA:movielens: that dataset's users, its own cold items as candidates; the same "
+            "items `beeray prepare KIND` gives that dataset alone), then DATA:joint for the whole folder.",
+            "A model folder written by beeray train/tune records the items it trained on (beeray_training.json.gz): "
+            "scoring it on a split whose cold items it trained on is refused (exit 2) unless "
+            "--allow-trained-items, which marks its results (trained_cold_items; (!) in the table).")),
+        epilog="examples:\n"
+               "  beeray evaluate --data data/ml --model all-MiniLM-L6-v2 --split val\n"
+               "  beeray evaluate --data data/ml --model runs/ml/model --baseline heater --split test --out ml.csv\n"
+               "  beeray evaluate --data data/goodlens --model runs/goodlens/model --model runs/ml/model --split test",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--data", required=True, type=Path, help="prepared folder (from `beeray prepare`)")
     add_eval_options(p)
     p.add_argument("--split", choices=["val", "test"], default="val", help="which split to score (default: val)")
-    p.add_argument("--out", type=Path, help="write results: .csv gives one row per model, anything else JSON")
+    p.add_argument("--out", type=Path, help="write results: .csv gives one row per model (and per dataset of a "
+                                            "goodlens folder), anything else JSON")
     p.set_defaults(func=run)
 
 
@@ -35,15 +47,15 @@ def run(args) -> int:
     from beeray.data.prepared import PreparedData
 
     data = PreparedData.load(args.data)
-    label = str(args.data)
-    rows, oracle = run_evaluations(args, {label: data}, args.split)
-    results = [per[label] for per in rows.values()]
+    rows, oracle = run_evaluations(args, {str(args.data): data}, args.split)
+    results = [per[label] for label in oracle for per in rows.values()]  # by target, then by row
 
-    print(f"\n{args.data} — {args.split} split (excluded users: {results[0]['excluded_users']})")
-    print(artifacts.metrics_table({name: per[label] for name, per in rows.items()}, oracle=oracle[label]))
+    print_tables(rows, oracle, args.split,
+                 lambda label: f"{label} — {args.split} split (excluded users: {oracle[label]['excluded_users']})")
     for res in results:
         if "params" in res:
-            print(f"{res['model']}: {json.dumps(res['params'], sort_keys=True)} (chosen on validation), "
+            where = f" on {res['part']}" if "part" in res else ""
+            print(f"{res['model']}{where}: {json.dumps(res['params'], sort_keys=True)} (chosen on validation), "
                   f"fit {res['fit_s']:.1f}s, scoring {res['score_s']:.1f}s")
 
     if args.out:

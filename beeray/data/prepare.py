@@ -28,6 +28,8 @@ from beeray.errors import BeerayError
 
 # Bump when the folder layout or the preprocessing changes: old folders then count as different.
 FORMAT_VERSION = 1
+# Bump when goodlens's split changes (fingerprints of goodlens folders only).
+GOODLENS_SPLIT = 2
 # Files a loader may read implicitly next to the file the user named.
 _SIBLINGS = ("movies.csv", "tags.csv", "item_text_descriptions.feather", "books.csv")
 
@@ -85,6 +87,10 @@ def fingerprint(dataset: str, inputs: dict[str, Path | None], options: PrepareOp
            "columns": asdict(columns) if columns else None, "synthetic_seed": synthetic_seed, "files": {}}
     if synthetic_size is not None:  # absent for the demo shop, so its fingerprint is unchanged
         doc["synthetic_size"] = list(synthetic_size)
+    if dataset == "goodlens":
+        # 2: each part draws its own cold items as its single-dataset split would (docs/data.md); folders
+        # of the joint draw before it count as different. Absent for single datasets: theirs are unchanged.
+        doc["goodlens_split"] = GOODLENS_SPLIT
     if synthetic_seed is not None:
         from beeray.data.synthetic import SHOP_VERSION
 
@@ -183,10 +189,11 @@ def build_stats(dataset: str, data: Processed, split: Split, fp: str, options: P
     if split.per_dataset:
         for d, info in split.per_dataset.items():
             per = stats.setdefault("per_dataset", {}).setdefault(d, {})
-            per["val_items"] = len(info["val_items"])
-            per["test_items"] = len(info["test_items"])
-            per["val_users"] = info.get("val_users", 0)
-            per["test_users"] = info.get("test_users", 0)
+            if "val_items" in info:  # item split: the part's own cold items
+                per["val_items"] = len(info["val_items"])
+                per["test_items"] = len(info["test_items"])
+            for key in ("val_users", "test_users", "val_excluded_users", "test_excluded_users"):
+                per[key] = info.get(key, 0)
     return stats
 
 
@@ -267,7 +274,8 @@ def format_stats(stats: dict) -> str:
     rows = [("dataset", stats.get("dataset")), ("users", f"{stats['users']:,}"), ("items", f"{stats['items']:,}"),
             ("interactions", f"{stats['interactions']:,}"), ("density", f"{stats['density']:.5f}")]
     for d, s in stats.get("per_dataset", {}).items():
-        rows.append((f"  {d}", f"{s['users']:,} users, {s['items']:,} items, {s['interactions']:,} interactions"))
+        cold = f"; cold items val {s['val_items']:,}, test {s['test_items']:,}" if "test_items" in s else ""
+        rows.append((f"  {d}", f"{s['users']:,} users, {s['items']:,} items, {s['interactions']:,} interactions{cold}"))
     rows.append(("split", sp.get("kind")))
     if sp.get("kind") == "item":
         rows.append(("cold items", f"val {sp['val_items']:,}, test {sp['test_items']:,}"))

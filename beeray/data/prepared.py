@@ -26,6 +26,7 @@ class EvalSplit:
     target: sp.csr_matrix  # (n_eval_users, n_items) binary float32
     candidates: np.ndarray  # int item indices that may be recommended
     excluded_users: int  # users with target but no source
+    part: str | None = None  # the dataset of a multi-dataset folder it covers; None: the whole folder
 
 
 def _read_json(path: Path) -> dict:
@@ -99,7 +100,51 @@ class PreparedData:
         """The texts of the training catalog, and no other item's."""
         return [self.texts[i] for i in items]
 
-    def eval_split(self, which: str) -> EvalSplit:
+    @property
+    def name(self) -> str:
+        """The dataset's name (stats.json `dataset`: its kind, or goodlens), else the folder's name."""
+        return str(self.stats.get("dataset") or self.root.name)
+
+    @cached_property
+    def parts(self) -> list[str]:
+        """The datasets of a multi-dataset (goodlens) folder, sorted; [] for a single dataset."""
+        if "dataset" not in self.items.columns:
+            return []
+        names = sorted(str(d) for d in self.items["dataset"].unique())
+        return names if len(names) > 1 else []
+
+    def qualified_ids(self, items: np.ndarray) -> list[str]:
+        """Dataset-qualified ids of item indices (`movielens:3114`): a multi-dataset folder's ids carry
+        their dataset already; a single dataset's get its name (the kind: `beeray prepare movielens`
+        and goodlens's `movielens=` part then name one movie alike)."""
+        ids = self.items["item_id"].to_numpy()[np.asarray(items, dtype=np.int64)]
+        prefix = "" if "dataset" in self.items.columns else f"{self.name}:"
+        return [f"{prefix}{i}" for i in ids]
+
+    def cold_items(self, which: str, part: str | None = None) -> np.ndarray | None:
+        """The cold items split `which` scores (of one dataset `part`, or of the whole folder); None on a
+        time split, whose candidates are every item."""
+        info = None if part is None else self._part_info(which, part)  # an unknown or old part fails first
+        if self.split.get(f"{which}_candidates") is None:
+            return None
+        if info is None:
+            return np.asarray(self.split[f"{which}_candidates"], dtype=np.int64)
+        return np.asarray(info[f"{which}_items"], dtype=np.int64)
+
+    def _part_info(self, which: str, part: str) -> dict:
+        if part not in self.parts:
+            raise BeerayError(f"{self.root}: no dataset {part!r} in this prepared folder "
+                              f"(it has {', '.join(self.parts) or 'one dataset'})")
+        info = self.split.get("per_dataset", {}).get(part, {})
+        if f"{which}_excluded_users" not in info:  # written before each part drew its own cold items
+            raise BeerayError(f"{self.root / 'split.json'}: no per-dataset {which} split (a goodlens folder of an "
+                              "older beeray, whose cold items were drawn over the joint catalog); "
+                              "re-run beeray prepare goodlens with --force")
+        return info
+
+    def eval_split(self, which: str, part: str | None = None) -> EvalSplit:
+        """The users and candidates scored on split `which`; `part`: one dataset of a multi-dataset folder
+        (its users, its own cold items as candidates, or all its items on a time split)."""
         if which not in ("val", "test"):
             raise BeerayError(f"unknown split {which!r} (choose val or test)")
         df = pq.read_table(self.root / f"{which}.parquet").to_pandas()
@@ -107,6 +152,14 @@ class PreparedData:
         candidates = np.arange(self.n_items) if cand is None else np.asarray(cand, dtype=np.int64)
         excluded = self.split.get(f"{which}_excluded_users",
                                   self.stats.get("split", {}).get(which, {}).get("excluded_users", 0))
-        return EvalSplit(which, df["user"].to_numpy().astype(np.int64),
-                         lists_to_csr(list(df["source"]), self.n_items),
-                         lists_to_csr(list(df["target"]), self.n_items), candidates, int(excluded))
+        source = lists_to_csr(list(df["source"]), self.n_items)
+        target = lists_to_csr(list(df["target"]), self.n_items)
+        user = df["user"].to_numpy().astype(np.int64)
+        if part is None:
+            return EvalSplit(which, user, source, target, candidates, int(excluded))
+        excluded = self._part_info(which, part)[f"{which}_excluded_users"]
+        cold = self.cold_items(which, part)  # item split: the part's own cold items; time split: its whole catalog
+        candidates = np.flatnonzero((self.items["dataset"] == part).to_numpy(dtype=bool)) if cold is None else cold
+        # A part's users: those with a target among its candidates (users never span datasets).
+        rows = np.flatnonzero(np.diff(target[:, candidates].tocsr().indptr) > 0)
+        return EvalSplit(which, user[rows], source[rows], target[rows], candidates, int(excluded), part)

@@ -134,8 +134,10 @@ def combine(raws: dict[str, RawDataset]) -> RawDataset:
             i = i.drop(columns="timestamp")
         i["dataset"] = name
         inters.append(i)
-        it = raw.items[["item_id", "text"]].copy()
+        it = raw.items[["item_id", "text", *(["group"] if "group" in raw.items.columns else [])]].copy()
         it["item_id"] = name + ":" + it["item_id"].astype(str)
+        if "group" in it.columns:  # the shop's bundles: its cold-item draw keeps one warm item per bundle
+            it["group"] = name + ":" + it["group"].astype(str)
         it["dataset"] = name
         items.append(it)
         for k, v in raw.dropped.items():

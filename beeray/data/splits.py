@@ -97,17 +97,6 @@ def default_cold_size(n_items: int) -> int:
     return int(min(2000, math.floor(0.1 * n_items + 0.5)))
 
 
-def _allocate(total: int, weights: dict[str, int]) -> dict[str, int]:
-    """Split `total` proportionally to `weights` (largest remainder; deterministic tie order)."""
-    whole = sum(weights.values())
-    raw = {k: total * w / whole for k, w in weights.items()}
-    out = {k: int(math.floor(v)) for k, v in raw.items()}
-    rest = total - sum(out.values())
-    for k in sorted(raw, key=lambda k: (-(raw[k] - out[k]), k))[:rest]:
-        out[k] += 1
-    return out
-
-
 def _pick(rng: np.random.Generator, pool: np.ndarray, k: int, groups: np.ndarray | None,
           warm_left: dict) -> list[int]:
     """k distinct items of `pool` in random order; with groups, never take a group's last warm item."""
@@ -130,49 +119,62 @@ def _pick(rng: np.random.Generator, pool: np.ndarray, k: int, groups: np.ndarray
     return chosen
 
 
-def item_split(data: Processed, val_items: int | None = None, test_items: int | None = None,
-               seed: int = 42, groups: np.ndarray | None = None) -> Split:
-    """Cold-start split: disjoint random val/test cold items, drawn without replacement.
-
-    With a `dataset` column (goodlens), each dataset contributes cold items in proportion to its
-    catalog size, so every dataset can be evaluated on its own cold items. `groups` (one label per
-    item, e.g. synthetic bundles) keeps at least one warm item per group where possible.
-    """
-    n = data.n_items
+def _cold_sizes(n: int, val_items: int | None, test_items: int | None, what: str) -> tuple[int, int]:
+    """Validation and test cold-item counts for a catalog of n items (None: the default size)."""
     v = default_cold_size(n) if val_items is None else int(val_items)
     t = default_cold_size(n) if test_items is None else int(test_items)
     if v < 1 or t < 1:
-        raise BeerayError(f"item split: need at least 1 validation and 1 test cold item (got {v} and {t}; "
+        raise BeerayError(f"item split{what}: need at least 1 validation and 1 test cold item (got {v} and {t}; "
                           f"the catalog has {n} items)")
     if v + t >= n:
-        raise BeerayError(f"item split: {v} validation + {t} test cold items >= {n} items in the catalog; "
+        raise BeerayError(f"item split{what}: {v} validation + {t} test cold items >= {n} items in the catalog; "
                           "lower --val-items/--test-items")
+    return v, t
+
+
+def _draw(n: int, v: int, t: int, seed: int, groups: np.ndarray | None) -> tuple[list[int], list[int]]:
+    """The cold-item draw of one catalog of n items: (sorted val, sorted test) item indices."""
     rng = np.random.default_rng(seed)
     warm_left: dict = {}
     if groups is not None:
         for g in groups:
             warm_left[g] = warm_left.get(g, 0) + 1
+    picked = _pick(rng, np.arange(n), v + t, groups, warm_left)
+    return sorted(picked[:v]), sorted(picked[v:])
+
+
+def item_split(data: Processed, val_items: int | None = None, test_items: int | None = None,
+               seed: int = 42, groups: np.ndarray | None = None) -> Split:
+    """Cold-start split: disjoint random val/test cold items, drawn without replacement.
+
+    With a `dataset` column (goodlens), each dataset draws its own cold items exactly as the item
+    split of that dataset alone would (same seed, its own catalog, the sizes applying to each
+    dataset): its items keep their relative order in the joint catalog, so the same draw picks the
+    same items, and a goodlens model and a single-dataset model are tested on identical items (and
+    neither trains on the other's test items). `groups` (one label per item, e.g. synthetic
+    bundles) keeps at least one warm item per group where possible.
+    """
+    n = data.n_items
     per_dataset = None
     if "dataset" in data.items.columns and data.items["dataset"].nunique() > 1:
         ds = data.items["dataset"].to_numpy()
-        names = sorted(set(ds))
-        sizes = {d: int((ds == d).sum()) for d in names}
-        nv, nt = _allocate(v, sizes), _allocate(t, sizes)
         val, test, per_dataset = [], [], {}
-        for d in names:
-            pool = np.flatnonzero(ds == d)
-            if nv[d] + nt[d] >= len(pool):
-                raise BeerayError(f"item split: dataset {d!r} has only {len(pool)} items, cannot hold out "
-                                  f"{nv[d]} + {nt[d]} cold items")
-            picked = _pick(rng, pool, nv[d] + nt[d], groups, warm_left)
-            dv, dt = sorted(picked[: nv[d]]), sorted(picked[nv[d]:])
-            val += dv
-            test += dt
-            per_dataset[d] = {"items": sizes[d], "val_items": dv, "test_items": dt}
+        for d in sorted(set(ds)):
+            pool = np.flatnonzero(ds == d)  # ascending: the dataset's own item order
+            dv, dt = _cold_sizes(len(pool), val_items, test_items, f" of dataset {d!r}")
+            own = None if groups is None else groups[pool]
+            if own is not None and pd.isna(own).all():  # a part without groups (only the shop has them)
+                own = None
+            lv, lt = _draw(len(pool), dv, dt, seed, own)
+            dval, dtest = pool[lv].tolist(), pool[lt].tolist()
+            val += dval
+            test += dtest
+            per_dataset[d] = {"items": len(pool), "val_items": dval, "test_items": dtest}
         val, test = sorted(val), sorted(test)
+        v, t = len(val), len(test)
     else:
-        picked = _pick(rng, np.arange(n), v + t, groups, warm_left)
-        val, test = sorted(picked[:v]), sorted(picked[v:])
+        v, t = _cold_sizes(n, val_items, test_items, "")
+        val, test = _draw(n, v, t, seed, groups)
 
     is_val = np.zeros(n, dtype=bool)
     is_val[val] = True
@@ -181,6 +183,8 @@ def item_split(data: Processed, val_items: int | None = None, test_items: int | 
     user = data.interactions["user"].to_numpy()
     item = data.interactions["item"].to_numpy()
     warm = ~(is_val[item] | is_test[item])
+    sizes = ("as requested" if val_items is not None or test_items is not None
+             else "= min(2000, 10% of items)") + (" of each dataset, each drawn on its own" if per_dataset else "")
     split = Split(
         kind="item", seed=int(seed), val_items=val, test_items=test, val_candidates=val, test_candidates=test,
         train=_lists(user[warm], item[warm]),
@@ -189,21 +193,28 @@ def item_split(data: Processed, val_items: int | None = None, test_items: int | 
         val=_eval_lists(user, item, warm, is_val[item]),
         test=_eval_lists(user, item, warm, is_test[item]),
         note=(f"item split: {v} validation and {t} test cold items of {n}, drawn without replacement "
-              f"(seed {seed}); sizes " + ("as requested" if val_items is not None or test_items is not None
-                                          else "= min(2000, 10% of items)")),
+              f"(seed {seed}); sizes {sizes}"),
         per_dataset=per_dataset,
     )
     if per_dataset is not None:
-        _per_dataset_users(split, data)
+        _per_dataset_users(split, data, {"val": is_val[item], "test": is_test[item]})
     return split
 
 
-def _per_dataset_users(split: Split, data: Processed) -> None:
-    """Per dataset: how many val/test users have targets on that dataset's cold items."""
+def _per_dataset_users(split: Split, data: Processed, targets: dict[str, np.ndarray]) -> None:
+    """Per dataset and split: the users scored on that dataset's items, and those excluded (a target there
+    but no source), so that each dataset's result reports its users as the dataset alone would.
+    targets: per split, which interactions are its targets."""
+    user = data.interactions["user"].to_numpy()
+    item = data.interactions["item"].to_numpy()
     ds = data.items["dataset"].to_numpy()
     for name, ev in (("val", split.val), ("test", split.test)):
         for d, info in split.per_dataset.items():
-            info[f"{name}_users"] = int(sum(bool(np.any(ds[t] == d)) for t in ev.frame["target"]))
+            own = ds == d
+            with_target = np.unique(user[targets[name] & own[item]]).size
+            scored = int(sum(bool(own[t].any()) for t in ev.frame["target"]))
+            info[f"{name}_users"] = scored
+            info[f"{name}_excluded_users"] = int(with_target - scored)
 
 
 # ---------------------------------------------------------------- time split
@@ -254,4 +265,8 @@ def time_split(data: Processed, val_frac: float = 0.2, test_frac: float = 0.2) -
         test=_eval_lists(user, item, period <= 1, period == 2),
         note=note, extra=extra,
     )
+    if "dataset" in data.items.columns and data.items["dataset"].nunique() > 1:
+        ds = data.items["dataset"].to_numpy()
+        split.per_dataset = {str(d): {"items": int((ds == d).sum())} for d in sorted(set(ds))}
+        _per_dataset_users(split, data, {"val": period == 1, "test": period == 2})
     return split

@@ -15,6 +15,7 @@ narrowed to them with one pass over the block (top_k_rows), and RecPack sees a s
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -289,8 +290,12 @@ def score_split(
     seed: int = 0,
     exclude_source: bool = True,
     show_progress: bool = False,
+    keep_per_user: bool = False,
 ) -> dict:
     """Rank the split's candidates for every user with `scorer` and compute the metrics.
+
+    keep_per_user: also return each scored user's metric values (`per_user`: users, and a list per
+    metric), for paired comparisons of rows scored on the same users (`paired_differences`).
 
     exclude_source: candidates in a user's own source are never recommended (the time split's
     "known items"); in the item split sources and candidates are disjoint so it is a no-op.
@@ -366,7 +371,46 @@ def score_split(
     result["excluded_users"] = excluded
     result["stderr"] = {name: float(errs[j]) for j, name in enumerate(METRICS)}
     result["popularity"] = popularity_report(y_true_all[rows], top20, top20_valid)
+    if keep_per_user:
+        result["per_user"] = {"users": split.user[rows].tolist(),
+                              **{name: per_user[:, j].tolist() for j, name in enumerate(METRICS)}}
     return result
+
+
+def paired_differences(a: dict, b: dict, n_boot: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """Row a against row b, scored on the same users (both with `per_user`): per metric the mean of the
+    per-user differences a − b, its bootstrap stderr (the same resampled users for both rows, so what
+    the two rows share, the users' difficulty, cancels), z = diff / stderr and the two-sided p-value
+    of z under the normal approximation (means of thousands of users' differences are near normal)."""
+    ua, ub = np.asarray(a["per_user"]["users"]), np.asarray(b["per_user"]["users"])
+    if ua.size != ub.size or not np.array_equal(np.sort(ua), np.sort(ub)):
+        raise BeerayError(f"paired comparison of {a.get('model')} and {b.get('model')}: they were not scored "
+                          f"on the same users ({ua.size} and {ub.size})")
+    order_b = np.argsort(ub)[np.argsort(np.argsort(ua))]  # b's row of each of a's users
+    diff = np.column_stack([np.asarray(a["per_user"][m], dtype=np.float64)
+                            - np.asarray(b["per_user"][m], dtype=np.float64)[order_b] for m in METRICS])
+    means = diff.mean(axis=0) if diff.size else np.zeros(len(METRICS))
+    errs = bootstrap_stderr(diff, n_boot, seed) if diff.size else np.zeros(len(METRICS))
+    out = {}
+    for j, name in enumerate(METRICS):
+        z = float(means[j] / errs[j]) if errs[j] > 0 else (0.0 if means[j] == 0 else math.copysign(math.inf, means[j]))
+        out[name] = {"diff": float(means[j]), "stderr": float(errs[j]), "z": z,
+                     "p": math.erfc(abs(z) / math.sqrt(2))}
+    return out
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (same order as given): the k-th smallest is
+    multiplied by (m − k + 1), then made monotone; rejecting where the adjusted value is below alpha
+    keeps the family-wise error rate at alpha."""
+    m = len(p_values)
+    order = np.argsort(p_values, kind="stable")
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def encoder_scorer(model, data: "PreparedData", *splits: "EvalSplit", batch_size: int = 64,

@@ -83,11 +83,12 @@ def eval_targets(datasets: dict) -> dict[str, tuple]:
     return targets
 
 
-def run_evaluations(args, datasets: dict, which: str,
-                    log: Callable[[str], None] = print) -> tuple[dict[str, dict], dict[str, dict]]:
+def run_evaluations(args, datasets: dict, which: str, log: Callable[[str], None] = print,
+                    per_user: bool = False) -> tuple[dict[str, dict], dict[str, dict]]:
     """({row name: {target label: result}}, {target label: popularity oracle}) for every --model and
     --baseline on every target of every dataset (eval_targets), all through the same evaluator. A model
-    that trained on the cold items of a target is refused before anything runs (beeray/training_record.py)."""
+    that trained on the cold items of a target is refused before anything runs (beeray/training_record.py).
+    per_user: every result also keeps its users' metric values (for paired comparisons)."""
     from beeray import training_record
     from beeray.baselines import BASELINES, check_split, evaluate_baseline, get, training_matrix
     from beeray.baselines.oracle import PopularityOracle
@@ -95,6 +96,7 @@ def run_evaluations(args, datasets: dict, which: str,
     from beeray.models import load_model
 
     params = baseline_params(args)
+    scoring = {**eval_kwargs(args), "keep_per_user": per_user}
     targets = eval_targets(datasets)
     for data, part in targets.values():  # a part an older goodlens folder lacks fails before any model loads
         data.cold_items(which, part)
@@ -108,7 +110,7 @@ def run_evaluations(args, datasets: dict, which: str,
     trained = training_record.check(models + ([text_model] if text_baselines else []), targets, which,
                                     allow=getattr(args, "allow_trained_items", False))
     rows = evaluate_models(models, targets, which, device=args.device, batch_size=args.batch_size,
-                           **eval_kwargs(args))
+                           **scoring)
     encoder = []  # loaded once, on first use by a text baseline
 
     def embeddings_of(data) -> Callable:
@@ -129,7 +131,7 @@ def run_evaluations(args, datasets: dict, which: str,
         for label, (data, part) in targets.items():
             log(f"evaluating baseline {name} on {label} ({which})")
             per[label] = evaluate_baseline(name, data, which, params=fixed, part=part, log=log,
-                                           item_embeddings=item_embeddings[id(data)], **eval_kwargs(args))
+                                           item_embeddings=item_embeddings[id(data)], **scoring)
             if name in text_baselines:
                 per[label]["text_model"] = text_model
     # Label what a model scored on cold items it trained on (only reached with --allow-trained-items).
@@ -143,7 +145,7 @@ def run_evaluations(args, datasets: dict, which: str,
     oracle = {}
     for label, (data, part) in targets.items():
         split = data.eval_split(which, part)
-        oracle[label] = score_split(PopularityOracle(split.target), split, **eval_kwargs(args))
+        oracle[label] = score_split(PopularityOracle(split.target), split, **scoring)
     return rows, oracle
 
 

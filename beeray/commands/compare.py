@@ -7,6 +7,8 @@ from pathlib import Path
 
 from beeray import artifacts
 from beeray.commands import add_eval_options, eval_targets, print_tables, run_evaluations
+from beeray.errors import BeerayError
+from beeray.models import DEFAULT_MODEL
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "(with the popularity oracle's line), and one row per model with <dataset>/<metric> columns "
             "(plus _stderr, /users and the popularity columns) in a CSV, like the paper's Table 2. A multi-dataset "
             "(goodlens) folder gives a table per dataset (LABEL:goodbooks, ...) and one for the whole (LABEL:joint): "
-            "the paper's Table 3. A model is refused on cold items it trained on unless --allow-trained-items."
+            "the paper's Table 3. A model is refused on cold items it trained on unless --allow-trained-items. "
+            "Every row is also compared with the --reference row on the same users: the mean per-user difference, "
+            "its paired bootstrap stderr, and a verdict with Holm's correction over the table's comparisons."
         ),
     )
     p.add_argument("--data", required=True, action="append", type=Path, metavar="DIR",
@@ -26,7 +30,46 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_eval_options(p)
     p.add_argument("--split", choices=["val", "test"], default="test", help="which split (default: test)")
     p.add_argument("--out", type=Path, help="table file: .csv, or JSON for any other suffix")
+    p.add_argument("--reference", metavar="ROW",
+                   help="the row every other row is compared with, paired (a --model, or baseline:NAME; "
+                        "default: the first --model, else the first --baseline)")
     p.set_defaults(func=run)
+
+
+ALPHA = 0.05  # family-wise error rate of one table's paired verdicts (Holm)
+
+
+def paired_table(results: dict[str, dict], reference: str, labels: list[str], n_boot: int, seed: int) -> dict:
+    """{target: {row: {metric: diff, stderr, z, p, p_holm, verdict}}}: each row minus the reference row on
+    the same users; Holm's adjustment runs over every (row, metric) comparison of one target's table."""
+    from beeray.evaluate import METRICS, holm, paired_differences
+
+    out: dict[str, dict] = {}
+    for label in labels:
+        ref = results[reference][label]
+        per = {row: paired_differences(res[label], ref, n_boot, seed)
+               for row, res in results.items() if row != reference}
+        family = [(row, m) for row in per for m in METRICS]
+        for (row, m), q in zip(family, holm([per[row][m]["p"] for row, m in family])):
+            cell = per[row][m]
+            cell["p_holm"] = q
+            cell["verdict"] = ("no clear difference" if q >= ALPHA else "better" if cell["diff"] > 0 else "worse")
+        out[label] = per
+    return out
+
+
+def print_paired(paired: dict, reference: str) -> None:
+    from beeray.evaluate import METRICS
+
+    for label, per in paired.items():
+        if not per:
+            continue
+        n = sum(len(cells) for cells in per.values())
+        print(f"\n{label}: each row minus {reference}, on the same users (mean per-user difference ± paired "
+              f"bootstrap stderr; verdict at Holm-adjusted p < {ALPHA} over these {n} comparisons)")
+        for row, cells in per.items():
+            print(f"  {row}: " + "; ".join(f"{m} {c['diff']:+.4f} ± {c['stderr']:.4f} ({c['verdict']}, p_holm "
+                                          f"{c['p_holm']:.2g})" for m, c in ((m, cells[m]) for m in METRICS)))
 
 
 def dataset_labels(paths: list[Path], datasets: list) -> list[str]:
@@ -58,8 +101,17 @@ def run(args) -> int:
     loaded = [PreparedData.load(p) for p in args.data]
     labels = dataset_labels(args.data, loaded)
     datasets = dict(zip(labels, loaded))
-    results, oracle = run_evaluations(args, datasets, args.split)
+    rows = [*dict.fromkeys(args.model or ([] if args.baseline else [DEFAULT_MODEL])),
+            *(f"baseline:{name}" for name in dict.fromkeys(args.baseline or []))]
+    reference = args.reference or rows[0]
+    if reference not in rows:  # before anything is computed
+        raise BeerayError(f"--reference {reference}: not a row of this table (rows: {', '.join(rows)})")
+    results, oracle = run_evaluations(args, datasets, args.split, per_user=True)
+    paired = paired_table(results, reference, list(oracle), args.bootstrap, args.seed)
+    for res in [*oracle.values(), *(r for per in results.values() for r in per.values())]:
+        res.pop("per_user", None)  # what the paired comparison needed; too long for the outputs
     print_tables(results, oracle, args.split, lambda lab: f"{lab} — {args.split} split")
+    print_paired(paired, reference)
 
     if args.out:
         if args.out.suffix.lower() == ".csv":
@@ -68,6 +120,7 @@ def run(args) -> int:
             artifacts.write_json(args.out, {"split": args.split,
                                             "datasets": {lab: str(data.root)
                                                          for lab, (data, _) in eval_targets(datasets).items()},
-                                            "results": results, "oracle": oracle})
+                                            "results": results, "oracle": oracle,
+                                            "paired": {"reference": reference, "alpha": ALPHA, "tables": paired}})
         print(f"wrote {args.out}")
     return 0

@@ -160,11 +160,12 @@ def test_compare_pairs_every_row_with_the_reference(env, capsys):
     out = root / "paired.json"
     assert main(["compare", "--data", str(d_a), "--model", models[0], "--model", models[1], "--baseline",
                  "text-popularity", "--param", "text-popularity.alpha=1.0", "--text-model", models[0],
-                 "--reference", models[1], "--out", str(out), *FAST]) == 0
+                 "--reference", models[1], "--reference", models[0], "--out", str(out), *FAST]) == 0
     got = json.loads(out.read_text())
     paired = got["paired"]
-    assert paired["reference"] == models[1] and paired["alpha"] == 0.05
-    table = paired["tables"]["alpha"]
+    assert list(paired["by_reference"]) == [models[1], models[0]] and paired["alpha"] == 0.05
+    back = paired["by_reference"][models[0]]["alpha"][models[1]]
+    table = paired["by_reference"][models[1]]["alpha"]
     assert set(table) == {models[0], "baseline:text-popularity"}
     for row, cells in table.items():
         for m in METRICS:
@@ -172,6 +173,9 @@ def test_compare_pairs_every_row_with_the_reference(env, capsys):
             assert cells[m]["diff"] == pytest.approx(want, abs=1e-12)  # the same users: mean of differences
             assert cells[m]["p"] <= cells[m]["p_holm"] <= 1
             assert cells[m]["verdict"] in ("better", "worse", "no clear difference")
+    for m in METRICS:  # the other reference: the same pair, the other way round
+        assert back[m]["diff"] == pytest.approx(-table[models[0]][m]["diff"], abs=1e-12)
+        assert back[m]["stderr"] == pytest.approx(table[models[0]][m]["stderr"], rel=1e-9)
     assert "per_user" not in got["results"][models[0]]["alpha"]  # kept for the pairing only
     printed = capsys.readouterr().out
     assert f"each row minus {models[1]}, on the same users" in printed and "p_holm" in printed

@@ -30,9 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_eval_options(p)
     p.add_argument("--split", choices=["val", "test"], default="test", help="which split (default: test)")
     p.add_argument("--out", type=Path, help="table file: .csv, or JSON for any other suffix")
-    p.add_argument("--reference", metavar="ROW",
+    p.add_argument("--reference", action="append", metavar="ROW",
                    help="the row every other row is compared with, paired (a --model, or baseline:NAME; "
-                        "default: the first --model, else the first --baseline)")
+                        "default: the first --model, else the first --baseline); repeat for several, each "
+                        "with its own table of paired differences")
     p.set_defaults(func=run)
 
 
@@ -61,7 +62,7 @@ def paired_table(results: dict[str, dict], reference: str, labels: list[str], n_
 def print_paired(paired: dict, reference: str) -> None:
     from beeray.evaluate import METRICS
 
-    for label, per in paired.items():
+    for label, per in paired.items():  # per target
         if not per:
             continue
         n = sum(len(cells) for cells in per.values())
@@ -103,15 +104,17 @@ def run(args) -> int:
     datasets = dict(zip(labels, loaded))
     rows = [*dict.fromkeys(args.model or ([] if args.baseline else [DEFAULT_MODEL])),
             *(f"baseline:{name}" for name in dict.fromkeys(args.baseline or []))]
-    reference = args.reference or rows[0]
-    if reference not in rows:  # before anything is computed
-        raise BeerayError(f"--reference {reference}: not a row of this table (rows: {', '.join(rows)})")
+    references = list(dict.fromkeys(args.reference or rows[:1]))
+    for reference in references:  # before anything is computed
+        if reference not in rows:
+            raise BeerayError(f"--reference {reference}: not a row of this table (rows: {', '.join(rows)})")
     results, oracle = run_evaluations(args, datasets, args.split, per_user=True)
-    paired = paired_table(results, reference, list(oracle), args.bootstrap, args.seed)
+    paired = {ref: paired_table(results, ref, list(oracle), args.bootstrap, args.seed) for ref in references}
     for res in [*oracle.values(), *(r for per in results.values() for r in per.values())]:
         res.pop("per_user", None)  # what the paired comparison needed; too long for the outputs
     print_tables(results, oracle, args.split, lambda lab: f"{lab} — {args.split} split")
-    print_paired(paired, reference)
+    for reference, tables in paired.items():
+        print_paired(tables, reference)
 
     if args.out:
         if args.out.suffix.lower() == ".csv":
@@ -121,6 +124,6 @@ def run(args) -> int:
                                             "datasets": {lab: str(data.root)
                                                          for lab, (data, _) in eval_targets(datasets).items()},
                                             "results": results, "oracle": oracle,
-                                            "paired": {"reference": reference, "alpha": ALPHA, "tables": paired}})
+                                            "paired": {"alpha": ALPHA, "by_reference": paired}})
         print(f"wrote {args.out}")
     return 0

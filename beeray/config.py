@@ -55,6 +55,14 @@ class TrainConfig:
     full_train: bool = False  # also train on the validation cold items (the final model)
     eval_every_epoch: bool = True  # validation metrics of the base model and after each epoch
     evaluate_test: bool = True  # test metrics of the final model (off inside tuning trials)
+    # Multi-dataset (goodlens) folders (docs/method.md §3.4): joint = a step's users from any dataset,
+    # negatives from the joint training catalog (the reference); per_dataset = each step's users and
+    # I_b from one dataset, batches of the datasets interleaved in proportion to their users. Same as
+    # joint on a single-dataset folder.
+    batch_composition: Literal["joint", "per_dataset"] = "joint"
+    # per_dataset only: dataset name -> weight w > 0 (default 1): its users are visited round(w * n)
+    # times per epoch (w = 2: twice each; 0.5: a random half), so its batches come w times as often.
+    dataset_weights: dict = field(default_factory=dict)
     # Ray
     parallel: Literal["items", "data"] = "items"
     num_workers: int = 1
@@ -88,6 +96,13 @@ class TrainConfig:
         if self.use_gpu and self.gpus_per_worker < 1:
             raise BeerayError(f"{where}: gpus_per_worker must be a positive integer with use_gpu (each worker "
                               f"trains on a GPU of its own), got {self.gpus_per_worker!r}")
+        for name, weight in self.dataset_weights.items():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
+                    or weight <= 0:
+                raise BeerayError(f"{where}: dataset_weights.{name} must be a number > 0, got {weight!r}")
+        if self.dataset_weights and self.batch_composition != "per_dataset":
+            raise BeerayError(f"{where}: dataset_weights needs batch_composition: per_dataset "
+                              f"(joint steps draw users from every dataset at once)")
         if self.parallel == "items" and self.batch_size < self.num_workers:
             raise BeerayError(f"{where}: batch_size {self.batch_size} < num_workers {self.num_workers}")
         return self
@@ -100,9 +115,13 @@ class TrainConfig:
                          "eval_every_epoch", "evaluate_test", "crash_at_step", "epochs", "save_dtype",
                          "tracking", "tracking_uri", "experiment")
 
+    # Keys added after runs were saved without them, and what their absence meant then.
+    ADDED_KEYS = {"batch_composition": "joint", "dataset_weights": {}}
+
     def resume_conflicts(self, saved: dict) -> list[str]:
         """`key: old -> new` for every setting that differs from the checkpoint's config."""
         now = to_dict(self)
+        saved = {**self.ADDED_KEYS, **saved}
         keys = [k for k in now if k not in self.RESUME_MAY_CHANGE and saved.get(k) != now[k]]
         return [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in keys]
 
@@ -111,10 +130,11 @@ class TrainConfig:
 
 TRAIN_KEYS = frozenset(f.name for f in fields(TrainConfig))
 # Keys a trial may not change: where data/results live, what a trial is allowed to see (never test
-# items), and the resources per trial, which come from the train section.
+# items), and the resources per trial, which come from the train section; dataset_weights (a mapping:
+# set it in the train section, with batch_composition searched as a choice if need be).
 FIXED_KEYS = frozenset({"data", "out", "full_train", "evaluate_test", "eval_every_epoch", "address", "num_workers",
                         "use_gpu", "cpus_per_worker", "gpus_per_worker", "crash_at_step", "max_failures",
-                        "tracking", "tracking_uri", "experiment"})
+                        "tracking", "tracking_uri", "experiment", "dataset_weights"})
 SPEC_KEYS = {"loguniform": {"low", "high"}, "uniform": {"low", "high"}, "randint": {"low", "high"},
              "choice": {"values"}}
 

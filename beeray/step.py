@@ -42,6 +42,7 @@ def train_step(
     comm: Comm | None = None,
     activation_memory: float = 0.0,
     scaler: torch.amp.GradScaler | None = None,
+    pool: np.ndarray | None = None,
 ) -> StepResult:
     """`user_items`: this worker's users of the batch, as rows of `catalog` (one array each).
 
@@ -53,6 +54,8 @@ def train_step(
     pass 1 instead of re-encoded in pass 2; 0 re-encodes every chunk (least memory).
     `precision`: fp32, bf16 or fp16 autocast of the encoder (beeray/precision.py); fp16 needs
     `scaler`, an enabled GradScaler that lives as long as the run (its scale adapts over steps).
+    `pool`: catalog rows the negatives are drawn from (per_dataset composition: the step's dataset's
+    rows, the same on every worker in items mode); None = the whole training catalog.
     """
     comm = comm or Comm(device)
     if scaler is None:
@@ -63,10 +66,10 @@ def train_step(
     model.train()  # dropout on in both passes; pass 2 replays pass 1's RNG per chunk
 
     # 1. I_b: positives of the (global) batch plus uniform negatives up to m, all of them rows of
-    #    the training catalog (cold items are not in it).
+    #    the training catalog (cold items are not in it); per_dataset: of the step's dataset only.
     local_pos = np.unique(np.concatenate(user_items)) if user_items else np.zeros(0, np.int64)
     positives = np.unique(comm.all_gather_ids(local_pos)) if shared else local_pos
-    item_set = sample_item_set(positives, len(catalog), m, step_rng(*rng_key))
+    item_set = sample_item_set(positives, len(catalog), m, step_rng(*rng_key), pool=pool)
 
     # This worker's slice of I_b: every W-th item in length order, so that all workers
     # get a similar mix of long and short texts (a slice may be empty when |I_b| < W).

@@ -29,10 +29,11 @@ from beeray.config import TrainConfig, to_dict
 from beeray.data.prepared import PreparedData
 from beeray.distributed import Comm
 from beeray.encoder import TokenizedCatalog
+from beeray.errors import BeerayError
 from beeray.evaluate import METRICS, VAL_METRICS, evaluate
 from beeray.models import load_model, set_attention_dropout
 from beeray.precision import describe, grad_scaler, resolve
-from beeray.sampler import step_rng
+from beeray.sampler import dataset_batches, joint_steps, step_rng, worker_steps
 from beeray.step import train_step
 
 PAD_USER = -1  # rows added so the dataset splits evenly across workers; they hold no user
@@ -54,6 +55,31 @@ def read_shard(shard) -> tuple[np.ndarray, list[np.ndarray]]:
     return (np.concatenate(users) if users else np.zeros(0, np.int64)), items
 
 
+def composed_parts(cfg: TrainConfig, data: PreparedData) -> list[str]:
+    """The datasets a `per_dataset` run composes its steps from; [] = joint steps.
+
+    Checks `dataset_weights` against the folder (one-line BeerayError). On a single-dataset folder
+    per_dataset is joint: every step is from that one dataset already.
+    """
+    if cfg.dataset_weights:
+        if not data.parts:
+            raise BeerayError(f"dataset_weights: {data.root} holds a single dataset, nothing to weigh "
+                              f"(weights need a multi-dataset folder: beeray prepare goodlens)")
+        unknown = sorted(str(k) for k in cfg.dataset_weights if str(k) not in data.parts)
+        if unknown:
+            raise BeerayError(f"dataset_weights: unknown dataset(s) {', '.join(map(repr, unknown))}; "
+                              f"{data.root} has {', '.join(data.parts)}")
+    return list(data.parts) if cfg.batch_composition == "per_dataset" else []
+
+
+def user_parts(data: PreparedData, user_items: list[np.ndarray]) -> np.ndarray:
+    """The dataset (index into data.parts) of each training user: that of its items (users never span
+    datasets); -1 for a row without items (never planned: it would add nothing to a step)."""
+    first = np.fromiter((items[0] if len(items) else -1 for items in user_items), dtype=np.int64,
+                        count=len(user_items))
+    return np.where(first >= 0, data.item_parts[np.maximum(first, 0)], -1)
+
+
 @dataclass
 class Recipe:
     """One worker's training: its model, optimizer, tokenized training catalog and progress."""
@@ -71,6 +97,8 @@ class Recipe:
     precision: str  # fp32 | bf16 | fp16, resolved from cfg.amp for this worker's device
     scaler: torch.amp.GradScaler  # fp16 loss scaling; disabled (a pass-through) otherwise
     restored: bool  # resumed from a checkpoint (the fault drill only fires in a fresh run)
+    # per_dataset composition: catalog rows of each dataset (negatives of its steps); None = joint
+    pools: list[np.ndarray] | None = None
 
     @classmethod
     def setup(cls, cfg: TrainConfig, rank: int, world: int, device: torch.device,
@@ -88,6 +116,8 @@ class Recipe:
         # Tokenized once per (data, tokenizer, max_seq_length), normally by the driver before the
         # workers start: a worker, a restarted worker or a later run maps it from the prepared folder.
         catalog = TokenizedCatalog.cached(model, data, cfg.max_seq_length, full=cfg.full_train)
+        parts = composed_parts(cfg, data)
+        pools = [np.flatnonzero(data.item_parts[catalog.items] == p) for p in range(len(parts))] if parts else None
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         precision = resolve(cfg.amp, device)
         scaler = grad_scaler(device, precision)
@@ -101,7 +131,7 @@ class Recipe:
             log(describe(cfg.amp, precision, device))
         return cls(cfg=cfg, data=data, rank=rank, world=world, device=device, model=model, optimizer=optimizer,
                    catalog=catalog, state=state, comm=Comm(device), precision=precision, scaler=scaler,
-                   restored=checkpoint_dir is not None)
+                   restored=checkpoint_dir is not None, pools=pools)
 
     @property
     def local_batch(self) -> int:
@@ -129,20 +159,38 @@ class Recipe:
         self.state.history.append(row)
         report({**row, "epoch_end": True}, False)
 
+    def epoch_steps(self, epoch: int, users: np.ndarray, user_items: list[np.ndarray]) -> list[tuple]:
+        """This worker's (dataset or None, rows of its table) per step of the epoch; the same count on
+        every worker, and the same list again when a run resumes mid-epoch (docs/method.md §3.4).
+
+        joint: `users` is this worker's shard (equal split, padding rows included): its rows in a
+        seeded order. per_dataset: `users` is the whole table, read by every worker, which all compute
+        the same plan from (seed, epoch) and take their part of each step (no collective needed).
+        """
+        cfg = self.cfg
+        if self.pools is None:
+            return [(None, rows) for rows in joint_steps(users.size, self.local_batch, cfg.seed, epoch,
+                                                         self.rank, self.world)]
+        given = {str(k): float(v) for k, v in cfg.dataset_weights.items()}
+        weights = [given.get(name, 1.0) for name in self.data.parts]
+        by_user = np.argsort(users, kind="stable")  # the same plan in whatever order the table arrives
+        parts = user_parts(self.data, [user_items[i] for i in by_user])
+        batches = dataset_batches(parts, len(self.pools), cfg.batch_size, cfg.seed, epoch, weights)
+        return [(part, by_user[rows]) for part, rows in worker_steps(batches, self.rank, self.world, cfg.parallel)]
+
     def train_epoch(self, epoch: int, users: np.ndarray, user_items: list[np.ndarray], report: Report) -> dict:
-        """The steps of one epoch over this worker's shard (users in a seeded order); returns its row."""
+        """The steps of one epoch over this worker's rows (`epoch_steps`); returns its row."""
         cfg, state = self.cfg, self.state
         rows = [self.catalog.rows(items) for items in user_items]  # prepared-data items -> catalog rows
-        # Equal split => the same row count, hence the same number of steps, on every worker.
-        order = step_rng(cfg.seed, epoch, self.rank, self.world).permutation(users.size)
-        n_steps = math.ceil(users.size / self.local_batch)
+        steps = self.epoch_steps(epoch, users, user_items)
+        n_steps = len(steps)
         first = state.step_in_epoch if epoch == state.epoch else 0
         if first == 0:
             state.epoch_losses = []
         n_items, t0 = 0, time.perf_counter()
         progress = Progress(f"epoch {epoch + 1}/{cfg.epochs}", n_steps, enabled=self.rank == 0)
         for step in range(first, n_steps):
-            picked = order[step * self.local_batch:(step + 1) * self.local_batch]
+            part, picked = steps[step]
             batch = [rows[i] for i in picked if users[i] != PAD_USER]
             key = (cfg.seed, epoch, step) if cfg.parallel == "items" else (cfg.seed, epoch, step, self.rank)
             # Dropout draws depend only on (seed, epoch, step, rank): a resumed run replays them.
@@ -150,7 +198,7 @@ class Recipe:
             res = train_step(self.model, self.optimizer, self.catalog, batch, m=cfg.m, rng_key=key,
                              chunk_size=cfg.encode_batch_size, device=self.device, precision=self.precision,
                              mode=cfg.parallel, comm=self.comm, activation_memory=cfg.activation_memory * 2**30,
-                             scaler=self.scaler)
+                             scaler=self.scaler, pool=None if part is None else self.pools[part])
             state.epoch_losses.append(res.loss)
             n_items += res.items
             state.global_step += 1

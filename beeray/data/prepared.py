@@ -113,6 +113,14 @@ class PreparedData:
         names = sorted(str(d) for d in self.items["dataset"].unique())
         return names if len(names) > 1 else []
 
+    @cached_property
+    def item_parts(self) -> np.ndarray:
+        """Each item's dataset as an index into `parts` (int64); all 0 for a single dataset."""
+        if not self.parts:
+            return np.zeros(self.n_items, dtype=np.int64)
+        names = self.items["dataset"].to_numpy(dtype=object).astype(str)
+        return np.searchsorted(np.asarray(self.parts), names).astype(np.int64)
+
     def qualified_ids(self, items: np.ndarray) -> list[str]:
         """Dataset-qualified ids of item indices (`movielens:3114`): a multi-dataset folder's ids carry
         their dataset already; a single dataset's get its name (the kind: `beeray prepare movielens`

@@ -236,27 +236,133 @@ def plot_history(frame: pd.DataFrame, path: Path) -> None:
     save_figure(fig, path)
 
 
-def model_card(model_dir: Path, cfg: dict, stats: dict, metrics: dict) -> None:
-    """Append beeray's training record to the README.md that sentence-transformers writes."""
-    readme = model_dir / "README.md"
-    text = readme.read_text() if readme.exists() else ""
+CARD_TAGS = ("beeformer", "sentence-transformers", "recommendation")
+CARD_TASK = "cold-start-recommendation"  # model-index task type (free-form on the Hub, like MTEB's "Retrieval")
+BEEFORMER_BIBTEX = """@inproceedings{vancura2024beeformer,
+  title = {beeFormer: Bridging the Gap Between Semantic and Interaction Similarity in Recommender Systems},
+  author = {Van{\\v{c}}ura, Vojt{\\v{e}}ch and Kord{\\'{i}}k, Pavel and Straka, Milan},
+  booktitle = {Proceedings of the 18th ACM Conference on Recommender Systems (RecSys '24)},
+  year = {2024}
+}"""
+
+
+def hub_model_id(name: str) -> str | None:
+    """The Hub id of a base model as beeray names it (`all-MiniLM-L6-v2` -> `sentence-transformers/all-MiniLM-L6-v2`,
+    the way sentence-transformers resolves a bare name); None for a local folder, whose Hub id is unknown."""
+    if not name or Path(name).expanduser().exists():
+        return None
+    if "/" in name:
+        return name if name.count("/") == 1 else None
+    try:
+        from sentence_transformers.util import ORIGINAL_TRANSFORMER_MODELS
+    except ImportError:  # older sentence-transformers
+        ORIGINAL_TRANSFORMER_MODELS = []
+    return name if name.lower() in ORIGINAL_TRANSFORMER_MODELS else f"sentence-transformers/{name}"
+
+
+def _base_license(name: str) -> str | None:
+    """The license in the base model's own card (its local folder, or the packaged offline copy), else None."""
+    from huggingface_hub import ModelCard
+
+    from beeray.models import resolve_model
+
+    try:
+        readme = Path(resolve_model(name)) / "README.md"
+        if readme.is_file():
+            return ModelCard.load(readme, ignore_metadata_errors=True).data.license or None
+    except Exception:  # noqa: BLE001 - no card, an unreadable one, a model not installed offline: unknown
+        pass
+    return None
+
+
+def model_card(model_dir: Path, cfg: dict, stats: dict, metrics: dict, model=None) -> Path:
+    """Write `model_dir/README.md`: sentence-transformers' own model card, filled through its card data
+    (base model, datasets, language, license where the base model's card states one, tags), with the
+    trained model's test metrics as `model-index` and beeray's training record below. Offline: the card
+    data is told never to look the base model or datasets up on the Hub. `model`: the loaded model,
+    else it is loaded from `model_dir`."""
+    import yaml
+    from huggingface_hub import EvalResult, ModelCard
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.model_card import generate_model_card
+
+    from beeray import training_record
+
+    model_dir = Path(model_dir)
+    if model is None:
+        # local_files_only: loading would otherwise ask the Hub about the folder's name as a base model
+        model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True,
+                                    trust_remote_code=bool(cfg.get("trust_remote_code"))).float()
+    split = stats.get("split", {})
+    kind = split.get("kind", "item")
+    dataset = str(stats.get("dataset") or Path(cfg["data"]).name)
+    parts = sorted(stats.get("per_dataset", {}))  # a goodlens folder's datasets
+    base = hub_model_id(cfg["model"])
+
+    card = model.model_card_data
+    card.local_files_only = True  # no Hub look-ups (base model, datasets) while the card is generated
+    card.base_model = base  # set_base_model would ask the Hub whether the id exists
+    card.base_model_revision = None
+    card.model_name = f"{base or Path(cfg['model']).name} fine-tuned with beeFormer on {dataset}"
+    card.set_language("en")
+    card.license = _base_license(cfg["model"])
+    card.add_tags(list(CARD_TAGS))
+    card.datasets = parts or [dataset]
+    card.citations = {**card.citations, "beeFormer": BEEFORMER_BIBTEX}
+    text = generate_model_card(model)
+
+    # model-index: sentence-transformers builds it only from its own evaluators, so the metrics go
+    # in through huggingface_hub's EvalResult (which also validates them when the card is loaded).
+    trained = metrics.get("trained", {})
+    split_name = "test" if "test" in trained else "val" if "val" in trained else None
+    results = [] if split_name is None else [
+        EvalResult(task_type=CARD_TASK, task_name="Cold-start recommendation (beeray)", dataset_type=dataset,
+                   dataset_name=dataset, dataset_config=f"{kind} split",
+                   dataset_split="test" if split_name == "test" else "validation",
+                   metric_type=m.replace("@", "_at_"), metric_name=m, metric_value=float(trained[split_name][m]))
+        for m in METRICS]
+    hub = ModelCard(text)
+    if results:
+        hub.data.model_name = card.model_name
+        hub.data.eval_results = results
+
+    if kind == "item":
+        withheld = int(split.get("test_items", 0)) + (0 if cfg.get("full_train") else int(split.get("val_items", 0)))
+        cold = (f"{withheld} cold items withheld from training ("
+                + (f"the {split.get('test_items')} test items; the validation cold items were trained on"
+                   if cfg.get("full_train") else
+                   f"{split.get('val_items')} validation + {split.get('test_items')} test items") + ")")
+    else:
+        cold = f"no cold items ({kind} split: each user's later interactions are withheld instead)"
+    record = training_record.read(model_dir)
     lines = [
         "", "## beeray training", "",
-        f"Trained with beeray (beeFormer method) from `{cfg['model']}` on the prepared data set "
-        f"`{stats.get('dataset', cfg['data'])}` ({stats.get('users')} users, {stats.get('items')} items, "
-        f"{stats.get('interactions')} interactions), {'train + validation' if cfg['full_train'] else 'training'} "
-        f"part of its {stats.get('split', {}).get('kind', 'item')} split.", "",
-        "| hyperparameter | value |", "|---|---|",
+        f"Trained with beeray (the beeFormer method) from `{cfg['model']}` on the prepared "
+        f"data set `{dataset}`" + (f" (datasets {', '.join(parts)})" if parts else "")
+        + f": {stats.get('users')} users, {stats.get('items')} items, {stats.get('interactions')} interactions, "
+        f"{'train + validation' if cfg.get('full_train') else 'training'} part of its {kind} split.", "",
+        f"- data fingerprint: `{stats.get('fingerprint')}`",
+        f"- {cold}",
     ]
-    for key in ("lr", "epochs", "batch_size", "m", "max_seq_length", "encode_batch_size", "seed", "parallel",
-                "num_workers"):
-        lines.append(f"| {key} | {cfg[key]} |")
+    if record is not None:
+        lines.append(f"- `{training_record.RECORD}` in this folder lists the {len(record['item_ids'])} items the "
+                     "model trained on (dataset-qualified ids, with the prepared folder and its fingerprint); "
+                     "`beeray evaluate` refuses to score it on those items as cold ones unless "
+                     f"{training_record.ALLOW_FLAG}")
     if metrics:
-        lines += ["", "| model | split | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+        lines += ["", "### Metrics (cold-start items)", "",
+                  "| model | split | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
         for who, per_split in metrics.items():
-            for split, res in per_split.items():
-                lines.append(f"| {who} | {split} | " + " | ".join(f"{res[m]:.4f}" for m in METRICS) + " |")
-    write_text(readme, text + "\n".join(lines) + "\n")
+            for name, res in per_split.items():
+                lines.append(f"| {who} | {name} | " + " | ".join(f"{res[m]:.4f}" for m in METRICS) + " |")
+    lines += ["", "### Recipe (beeray TrainConfig)", "", "```yaml",
+              yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False).rstrip(), "```"]
+    hub.text = hub.text.rstrip("\n") + "\n" + "\n".join(lines) + "\n"
+    content = str(hub)
+    ModelCard(content)  # parses the metadata back (model-index included): raises rather than write a bad card
+    readme = model_dir / "README.md"
+    write_text(readme, content)
+    return readme
 
 
 # ---------------------------------------------------------------- run folders

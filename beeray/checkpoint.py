@@ -45,3 +45,20 @@ def load_checkpoint(path: Path, model, optimizer) -> TrainState:
 def read_state(path: Path) -> TrainState:
     """The TrainState of a checkpoint folder, without loading the model."""
     return TrainState(**json.loads((Path(path) / "state.json").read_text()))
+
+
+def resolve_resume(out: str | Path, state: str, resume: bool | str, what: str = "run") -> bool:
+    """The plain --resume switch for `resume` = True, False or "auto".
+
+    "auto" (a job that may be submitted again, e.g. a retried KubeRay RayJob): True when `out` holds a
+    started `what` (its Ray state folder `state` exists), False when it holds none; the caller then
+    goes through --resume's own path (beeray.artifacts.prepare_run_dir), which refuses a run started
+    with another config, or starts a new one.
+    """
+    if resume != "auto":
+        return bool(resume)
+    folder = Path(out).expanduser().resolve()
+    started = (folder / state).exists()
+    news = f"{folder} holds a {what}: resuming it" if started else f"no {what} in {folder} yet: starting one"
+    print(f"beeray: --resume auto: {news}", flush=True)
+    return started

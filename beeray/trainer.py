@@ -10,12 +10,12 @@ from pathlib import Path
 import pyarrow as pa
 
 from beeray import artifacts, training_record
-from beeray.checkpoint import MODEL_DIR, read_state
+from beeray.checkpoint import MODEL_DIR, read_state, resolve_resume
 from beeray.config import TrainConfig, to_dict
 from beeray.data.prepared import PreparedData
 from beeray.errors import BeerayError
 from beeray.models import load_model, save_model
-from beeray.train_loop import PAD_USER, train_loop_per_worker
+from beeray.train_loop import PAD_USER, composed_parts, train_loop_per_worker
 
 RUN_NAME = "train"  # stable, so that re-running with --resume finds the run (Train V2 restores by name)
 
@@ -80,14 +80,22 @@ def _check_resources(cfg: TrainConfig, local: bool) -> None:
     print(f"beeray: {msg} now; waiting for the autoscaler to add nodes", flush=True)
 
 
-def train_dataset(data: PreparedData, full: bool, world: int):
-    """The users' rows as a Ray Dataset, padded to a multiple of the worker count.
+def train_dataset(data: PreparedData, full: bool, world: int, split: bool = True):
+    """The users' rows as a Ray Dataset (see train_table)."""
+    import ray.data
+
+    return ray.data.from_arrow(train_table(data, full, world, split))
+
+
+def train_table(data: PreparedData, full: bool, world: int, split: bool = True) -> pa.Table:
+    """The users' rows; `split` (joint steps): padded to a multiple of the worker count.
 
     Ray Train splits with streaming_split(equal=True), which would drop up to W-1 rows per
     epoch; padding rows (user = -1, no items) make the split exact, and workers skip them.
+    Without `split` (per_dataset steps) every worker reads the whole table and takes its part of
+    each step of a plan they all compute alike (beeray/sampler.py dataset_batches): no padding.
     """
     import pyarrow.parquet as pq
-    import ray.data
 
     # The driver reads the table itself (one small row per user: a few MB even at Amazon scale)
     # and hands it to Ray Data, which shards it. A read *task* would need a free CPU, and inside
@@ -96,11 +104,11 @@ def train_dataset(data: PreparedData, full: bool, world: int):
     table = pq.read_table(path, columns=["user", "items"])
     if table.num_rows == 0:
         raise BeerayError(f"{path} holds no training users")
-    pad = (-table.num_rows) % world
+    pad = (-table.num_rows) % world if split else 0
     if pad:
         filler = pa.table({"user": [PAD_USER] * pad, "items": [[] for _ in range(pad)]}, schema=table.schema)
         table = pa.concat_tables([table, filler])
-    return ray.data.from_arrow(table)
+    return table
 
 
 def fit(cfg: TrainConfig, data: PreparedData, *, run_config_callbacks: list | None = None,
@@ -110,6 +118,7 @@ def fit(cfg: TrainConfig, data: PreparedData, *, run_config_callbacks: list | No
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    split = not composed_parts(cfg, data)  # joint: a shard per worker; per_dataset: the whole table each
     _check_resources(cfg, local=not (cfg.address or os.environ.get("RAY_ADDRESS")))
     # Same shard contents in the same order on every run: resume must replay the epoch exactly.
     ctx = DataContext.get_current()
@@ -123,8 +132,8 @@ def fit(cfg: TrainConfig, data: PreparedData, *, run_config_callbacks: list | No
         train_loop_config=to_dict(cfg),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources),
-        datasets={"train": train_dataset(data, cfg.full_train, cfg.num_workers)},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        datasets={"train": train_dataset(data, cfg.full_train, cfg.num_workers, split)},
+        dataset_config=DataConfig(datasets_to_split=["train"] if split else []),
         run_config=RunConfig(
             name=name,
             storage_path=storage_path or str(Path(cfg.out).resolve() / "ray"),
@@ -136,16 +145,20 @@ def fit(cfg: TrainConfig, data: PreparedData, *, run_config_callbacks: list | No
     return trainer.fit()
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, baseline: bool = True, tags: dict | None = None) -> TrainOutput:
+def train(cfg: TrainConfig, *, resume: bool | str = False, baseline: bool = True,
+          tags: dict | None = None) -> TrainOutput:
     """`beeray train`: fit, then save the model, its card, history and metrics under cfg.out, and
-    log the run to MLflow (beeray/tracking.py; `tags` go on its MLflow run)."""
+    log the run to MLflow (beeray/tracking.py; `tags` go on its MLflow run). `resume`: True continues
+    the run in cfg.out (one must exist), "auto" continues it if one exists and starts it otherwise."""
     import ray
     from ray.train import TrainingFailedError
 
     data = PreparedData.load(cfg.data)  # fail on a bad folder before Ray starts
+    composed_parts(cfg, data)  # and on dataset_weights that do not name its datasets
     cfg.data = str(data.root.resolve())
     out = artifacts.prepare_run_dir(cfg.out, state=f"ray/{RUN_NAME}", config_file="config.json",
-                                    config=to_dict(cfg), resume=resume, conflicts=cfg.resume_conflicts, what="run")
+                                    config=to_dict(cfg), resume=resolve_resume(cfg.out, f"ray/{RUN_NAME}", resume),
+                                    conflicts=cfg.resume_conflicts, what="run")
     tokenize_catalog(cfg, data)
     init_ray(cfg.address)
     try:

@@ -181,8 +181,13 @@ def finish(cfg: TuneConfig, result_grid, *, resume: bool = False, baseline: bool
     return TuneOutput(out=out, rows=rows, best=best, final_metrics=metrics)
 
 
-def tune(cfg: TuneConfig, *, resume: bool = False, baseline: bool = True,
+def tune(cfg: TuneConfig, *, resume: bool | str = False, baseline: bool = True,
          callbacks: list | None = None) -> TuneOutput:
+    """Search, then retrain and test the best. `resume`: True continues the search in OUT (one must
+    exist), "auto" continues it if one exists and starts it otherwise."""
+    from beeray.checkpoint import resolve_resume
+
+    resume = resolve_resume(cfg.train.out, f"ray/{TUNE_RUN}", resume, what="search")
     grid = run_search(cfg, resume=resume, callbacks=callbacks)
     return finish(cfg, grid, resume=resume, baseline=baseline)
 

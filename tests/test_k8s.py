@@ -98,3 +98,5 @@ def test_rayjob_runs_beeray_as_documented(manifest):
     assert cfg.use_gpu and cfg.num_workers <= gpu["maxReplicas"]
     assert cfg.out.startswith("/data/") and cfg.data.startswith("/data/")  # on the shared volume
     assert cfg.tracking_uri == "sqlite:////data/runs/mlflow.db"
+    # A resubmitted job (KubeRay's retries, or the RayJob applied again) continues the run in --out.
+    assert args.resume == "auto" and spec["backoffLimit"] >= 1

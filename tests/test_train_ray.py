@@ -39,8 +39,16 @@ def test_train_cli_writes_artifacts_and_learns(ray_session, shop, tiny_model_dir
     assert model.encode(["a printer"]).shape == (1, 32)
     assert {p.dtype for p in model.parameters()} == {torch.float16}  # --save-dtype float16
     assert any((shop / TOKENS_DIR).iterdir())  # the driver tokenized the catalog into the prepared folder
-    assert "beeray training" in (out / "model" / "README.md").read_text()
     metrics = json.loads((out / "metrics.json").read_text())
+    # The model card: sentence-transformers' own, with Hub metadata and the test metrics as model-index.
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "model" / "README.md")
+    assert {"beeformer", "sentence-transformers", "recommendation"} <= set(card.data.tags)
+    assert {r.metric_name: r.metric_value for r in card.data.eval_results} == \
+        {m: metrics["trained"]["test"][m] for m in ("recall@20", "recall@50", "ndcg@100")}
+    assert {r.dataset_split for r in card.data.eval_results} == {"test"}
+    assert "## beeray training" in card.text
     for who in ("base", "trained"):
         for split in ("val", "test"):
             assert {"recall@20", "recall@50", "ndcg@100", "users", "stderr"} <= metrics[who][split].keys()

@@ -46,7 +46,8 @@ def register(sub) -> None:
                "  beeray train --data data/shop --epochs 3 --out runs/shop\n"
                "  beeray train --config experiments/ml-small-cpu.yaml --data data/ml --out runs/ml\n"
                "  beeray train --config experiments/goodbooks.yaml --address auto --num-workers 4\n"
-               "  beeray train --config experiments/ml-small-cpu.yaml --out runs/ml --resume",
+               "  beeray train --config experiments/ml-small-cpu.yaml --out runs/ml --resume\n"
+               "  beeray train --config experiments/goodbooks.yaml --out /data/runs/gb --resume auto   # resubmittable",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help="YAML file with TrainConfig keys (see experiments/)")
@@ -60,7 +61,11 @@ def register(sub) -> None:
     p.add_argument("--no-tracking", dest="tracking", action="store_const", const="none", default=None,
                    help="do not log the run to MLflow")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other config key")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.add_argument("--resume", nargs="?", const=True, default=False, choices=["auto"], metavar="auto",
+                   help="continue the run in --out from its newest checkpoint (one must exist); "
+                        "`--resume auto`: continue it if --out holds one, else start it (for jobs that may be "
+                        "submitted again, e.g. a retried KubeRay RayJob). Either way a run started with "
+                        "another config is refused, naming the keys that differ")
     p.add_argument("--no-baseline", dest="baseline", action="store_false",
                    help="do not evaluate the base model for comparison")
     p.set_defaults(func=run)

@@ -32,8 +32,9 @@ def register(sub) -> None:
     p.add_argument("--tracking-uri", help="MLflow store or server for the trials and the final run "
                                           "(default: sqlite:///<parent of OUT>/mlflow.db)")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted search in OUT: finished trials are kept, the rest resume")
+    p.add_argument("--resume", nargs="?", const=True, default=False, choices=["auto"], metavar="auto",
+                   help="continue an interrupted search in OUT: finished trials are kept, the rest resume; "
+                        "`--resume auto`: continue it if OUT holds one, else start it")
     p.add_argument("--no-baseline", dest="baseline", action="store_false",
                    help="do not evaluate the base model next to the final one")
     p.set_defaults(func=run)

@@ -21,6 +21,9 @@ class TrainState:
     steps: list[dict] = field(default_factory=list)  # one row per optimizer step: the training curve's detail
     config: dict = field(default_factory=dict)
     scaler: dict = field(default_factory=dict)  # the fp16 GradScaler's state (scale, growth tracker); {} otherwise
+    # the learning-rate scheduler's state (LambdaLR: steps counted, base and last lr, beeray.optim.LRSchedule's
+    # fields); {} in checkpoints from before schedules, whose runs were constant
+    lr_schedule: dict = field(default_factory=dict)
 
 
 def save_checkpoint(path: Path, model, optimizer, state: TrainState) -> None:

@@ -33,6 +33,17 @@ class TrainConfig:
     model: str = DEFAULT_MODEL  # hub name or local SentenceTransformer folder
     lr: float = 1e-5
     weight_decay: float = 0.0
+    # adamw (torch's AdamW, eps 1e-8) | nadam (the reference's Keras 3 Nadam, docs/method.md §2.5):
+    # torch's NAdam with Keras' eps 1e-7 and momentum schedule, weight_decay decoupled as in Keras.
+    optimizer: Literal["adamw", "nadam"] = "adamw"
+    # Learning rate per optimizer step (beeray/optim.py): constant = the paper; linear / cosine decay
+    # to 0 at the run's last step. warmup_steps: linear warm-up to lr first (any schedule).
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0
+    # Text put before every item text (e5: "passage: ", nomic: "search_document: ") in training and
+    # saved as the model's default prompt, so that every later encode applies it too (None = the
+    # model's own default prompt, if it has one).
+    prompt: str | None = None
     epochs: int = 5
     batch_size: int = 1024  # users per global step (split across workers in `items` mode)
     m: int = 10_000  # items per step: the batch's positives plus uniform negatives
@@ -90,7 +101,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise BeerayError(f"{where}: {name} must be > 0, got {getattr(self, name)!r}")
-        for name in ["checkpoint_every", "max_failures", "weight_decay", "activation_memory"]:
+        for name in ["checkpoint_every", "max_failures", "weight_decay", "activation_memory", "warmup_steps"]:
             if getattr(self, name) < 0:
                 raise BeerayError(f"{where}: {name} must be >= 0, got {getattr(self, name)!r}")
         if self.use_gpu and self.gpus_per_worker < 1:
@@ -109,20 +120,26 @@ class TrainConfig:
 
     # The only fields --resume may change: where the run lives, how it is supervised, and how long
     # it runs (every draw is keyed by (seed, epoch, step), so more epochs continue the same
-    # trajectory). Any other change (lr, m, encode_batch_size, amp, attention_dropout, ...) would
-    # silently make a different run, so a checkpoint is only continued when all of them agree.
+    # trajectory; not under a linear or cosine schedule, whose decay ends at the configured last
+    # step: resume_conflicts refuses it there). Any other change (lr, m, encode_batch_size, amp,
+    # attention_dropout, optimizer, ...) would silently make a different run, so a checkpoint is
+    # only continued when all of them agree.
     RESUME_MAY_CHANGE = ("out", "address", "max_failures", "keep_checkpoints", "checkpoint_every",
                          "eval_every_epoch", "evaluate_test", "crash_at_step", "epochs", "save_dtype",
                          "tracking", "tracking_uri", "experiment")
 
     # Keys added after runs were saved without them, and what their absence meant then.
-    ADDED_KEYS = {"batch_composition": "joint", "dataset_weights": {}}
+    ADDED_KEYS = {"batch_composition": "joint", "dataset_weights": {}, "optimizer": "adamw",
+                  "schedule": "constant", "warmup_steps": 0, "prompt": None}
 
     def resume_conflicts(self, saved: dict) -> list[str]:
         """`key: old -> new` for every setting that differs from the checkpoint's config."""
         now = to_dict(self)
         saved = {**self.ADDED_KEYS, **saved}
-        keys = [k for k in now if k not in self.RESUME_MAY_CHANGE and saved.get(k) != now[k]]
+        free = set(self.RESUME_MAY_CHANGE)
+        if self.schedule != "constant":
+            free.discard("epochs")  # the decay's horizon: more epochs would make another schedule
+        keys = [k for k in now if k not in free and saved.get(k) != now[k]]
         return [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in keys]
 
 

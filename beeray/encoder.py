@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from beeray.errors import BeerayError
-from beeray.models import embedding_dim
+from beeray.models import embedding_dim, encode_prompt
 from beeray.precision import autocast
 
 try:  # sentence-transformers >= 6
@@ -74,20 +74,25 @@ class TokenizedCatalog:
     @classmethod
     def build(cls, model, texts: list[str], max_seq_length: int, items: np.ndarray | None = None,
               batch: int = 2048, show_progress: bool = False) -> "TokenizedCatalog":
-        """Tokenize `texts`; `items` names the prepared-data item of each text (default: 0..n-1)."""
+        """Tokenize `texts`; `items` names the prepared-data item of each text (default: 0..n-1).
+
+        Each text is tokenized as model.encode would tokenize it: after the model's default prompt
+        (beeray.models.set_prompt, TrainConfig.prompt), so training sees what evaluation encodes.
+        """
         from tqdm.auto import tqdm
 
         items = np.arange(len(texts), dtype=np.int64) if items is None else np.asarray(items, dtype=np.int64)
         if items.size != len(texts) or (items.size > 1 and not (np.diff(items) > 0).all()):
             raise ValueError("items must be strictly increasing, one per text")
         tok = model.tokenizer
+        prompt = encode_prompt(model)
         # Each batch becomes int32 arrays at once: Python lists of 44 M token ids (10^6 items) would
         # take 3.3 GB where the arrays take 176 MB.
         ids_parts: list[np.ndarray] = []
         len_parts: list[np.ndarray] = []
         starts = range(0, len(texts), batch)
         for s in tqdm(starts, desc="tokenize", disable=not show_progress, unit="batch"):
-            enc = tok(list(texts[s:s + batch]), truncation=True, max_length=max_seq_length,
+            enc = tok([prompt + t for t in texts[s:s + batch]], truncation=True, max_length=max_seq_length,
                       padding=False, return_attention_mask=False, return_token_type_ids=False)["input_ids"]
             len_parts.append(np.fromiter(map(len, enc), dtype=np.int64, count=len(enc)))
             ids_parts.append(np.fromiter((t for p in enc for t in p), dtype=np.int32, count=int(len_parts[-1].sum())))
@@ -103,16 +108,19 @@ class TokenizedCatalog:
         """The training catalog of `data` (train or train_full), tokenized once and memory-mapped.
 
         Stored under `<prepared folder>/tokens/<key>/`, the key naming the prepared set, its training
-        file, the tokenizer (a digest of its full definition) and max_seq_length. The first caller
+        file, the tokenizer (a digest of its full definition), the prompt and max_seq_length. The first caller
         tokenizes and writes it atomically (the driver, before any worker starts); every worker,
         restart and later run with the same key maps the files instead of tokenizing again.
         """
         train_file = data.train_path(full)
         st = train_file.stat()
+        prompt = encode_prompt(model)
         key = hashlib.sha256(json.dumps({
             "data": data.stats.get("fingerprint"), "file": train_file.name, "size": st.st_size,
             "mtime_ns": st.st_mtime_ns, "tokenizer": tokenizer_digest(model.tokenizer),
-            "max_seq_length": int(max_seq_length), "format": 1}, sort_keys=True).encode()).hexdigest()[:16]
+            "max_seq_length": int(max_seq_length), "format": 1,
+            # only when set: the catalogs tokenized before prompts existed keep their key
+            **({"prompt": prompt} if prompt else {})}, sort_keys=True).encode()).hexdigest()[:16]
         folder = Path(data.root) / TOKENS_DIR / key
         if not (folder / "meta.json").is_file():
             items = data.train_items(full)

@@ -118,8 +118,10 @@ def assemble_model(parts: list[Path], dest: Path, *, sha256: str, sizes: dict[st
     return dest
 
 
-def load_model(name_or_path: str, device: str | None = None, trust_remote_code: bool = False):
-    """Load a SentenceTransformer; remote code only runs when explicitly allowed."""
+def load_model(name_or_path: str, device: str | None = None, trust_remote_code: bool = False,
+               prompt: str | None = None):
+    """Load a SentenceTransformer; remote code only runs when explicitly allowed. `prompt` (not None)
+    becomes its default prompt (set_prompt)."""
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -134,7 +136,37 @@ def load_model(name_or_path: str, device: str | None = None, trust_remote_code: 
     # autocast's business), and evaluation then matches a float32 model's up to the saved rounding.
     if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
         model.float()
+    if prompt is not None:
+        set_prompt(model, prompt)
     return model
+
+
+PROMPT_NAME = "document"  # items are documents: sentence-transformers' encode_document picks this name too
+
+
+def set_prompt(model, prompt: str) -> None:
+    """Make `prompt` the text model.encode puts before every input, the way sentence-transformers stores
+    prompts: prompts[PROMPT_NAME] and default_prompt_name, which model.save writes to
+    config_sentence_transformers.json, so a saved folder applies it by itself when loaded.
+
+    A Pooling that leaves prompt tokens out (include_prompt=False, instructor models) is refused: encode
+    then pools without them, while the training step pools every token of its texts.
+    """
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    if prompt and any(isinstance(m, Pooling) and not m.include_prompt for m in model):
+        raise BeerayError("prompt: this model's Pooling leaves prompt tokens out (include_prompt: false), which "
+                          "beeray's training step does not reproduce; use a model that pools them")
+    model.prompts = {**model.prompts, PROMPT_NAME: prompt}
+    model.default_prompt_name = PROMPT_NAME
+
+
+def encode_prompt(model) -> str:
+    """The text model.encode(texts) puts before each text (its default prompt), "" when none."""
+    name = getattr(model, "default_prompt_name", None)
+    if not name:
+        return ""
+    return (getattr(model, "prompts", None) or {}).get(name) or ""
 
 
 def save_model(model, path: str | Path, dtype: str = "float32") -> None:

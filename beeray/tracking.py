@@ -93,6 +93,7 @@ def log_training(cfg: TrainConfig, out: Path, history: list[dict], steps: list[d
 
     for row in steps:
         add("loss", row["loss"], row["step"])
+        add("lr", row.get("lr"), row["step"])  # steps of runs from before schedules have none
     for row in history:
         step = row["step"]
         add("epoch", row["epoch"], step)

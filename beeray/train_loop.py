@@ -32,6 +32,7 @@ from beeray.encoder import TokenizedCatalog
 from beeray.errors import BeerayError
 from beeray.evaluate import METRICS, VAL_METRICS, evaluate
 from beeray.models import load_model, set_attention_dropout
+from beeray.optim import build_optimizer, build_scheduler
 from beeray.precision import describe, grad_scaler, resolve
 from beeray.sampler import dataset_batches, joint_steps, step_rng, worker_steps
 from beeray.step import train_step
@@ -97,6 +98,7 @@ class Recipe:
     precision: str  # fp32 | bf16 | fp16, resolved from cfg.amp for this worker's device
     scaler: torch.amp.GradScaler  # fp16 loss scaling; disabled (a pass-through) otherwise
     restored: bool  # resumed from a checkpoint (the fault drill only fires in a fresh run)
+    scheduler: torch.optim.lr_scheduler.LambdaLR  # lr per optimizer step (cfg.schedule), stepped after each
     # per_dataset composition: catalog rows of each dataset (negatives of its steps); None = joint
     pools: list[np.ndarray] | None = None
 
@@ -107,7 +109,8 @@ class Recipe:
         if device.type == "cpu":
             torch.set_num_threads(cfg.cpus_per_worker)
         data = PreparedData.load(cfg.data)
-        model = load_model(cfg.model, device=str(device), trust_remote_code=cfg.trust_remote_code)
+        model = load_model(cfg.model, device=str(device), trust_remote_code=cfg.trust_remote_code,
+                           prompt=cfg.prompt)
         model.max_seq_length = cfg.max_seq_length
         if cfg.attention_dropout is not None:
             set_attention_dropout(model, cfg.attention_dropout)
@@ -118,7 +121,8 @@ class Recipe:
         catalog = TokenizedCatalog.cached(model, data, cfg.max_seq_length, full=cfg.full_train)
         parts = composed_parts(cfg, data)
         pools = [np.flatnonzero(data.item_parts[catalog.items] == p) for p in range(len(parts))] if parts else None
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = build_optimizer(cfg, model.parameters())
+        scheduler = build_scheduler(cfg, optimizer)
         precision = resolve(cfg.amp, device)
         scaler = grad_scaler(device, precision)
         state = TrainState(config=to_dict(cfg))
@@ -127,11 +131,13 @@ class Recipe:
             state.config = to_dict(cfg)
             if state.scaler:
                 scaler.load_state_dict(state.scaler)  # fp16: continue with the loss scale reached
+            if state.lr_schedule:
+                scheduler.load_state_dict(state.lr_schedule)  # continue the schedule at the step reached
         if rank == 0:
             log(describe(cfg.amp, precision, device))
         return cls(cfg=cfg, data=data, rank=rank, world=world, device=device, model=model, optimizer=optimizer,
                    catalog=catalog, state=state, comm=Comm(device), precision=precision, scaler=scaler,
-                   restored=checkpoint_dir is not None, pools=pools)
+                   restored=checkpoint_dir is not None, scheduler=scheduler, pools=pools)
 
     @property
     def local_batch(self) -> int:
@@ -178,12 +184,19 @@ class Recipe:
         batches = dataset_batches(parts, len(self.pools), cfg.batch_size, cfg.seed, epoch, weights)
         return [(part, by_user[rows]) for part, rows in worker_steps(batches, self.rank, self.world, cfg.parallel)]
 
+    def total_steps(self, users: np.ndarray, user_items: list[np.ndarray]) -> int:
+        """The run's optimizer steps over cfg.epochs, counted as train_epoch counts them (epoch_steps,
+        either composition): the horizon of a decaying learning-rate schedule."""
+        return sum(len(self.epoch_steps(e, users, user_items)) for e in range(self.cfg.epochs))
+
     def train_epoch(self, epoch: int, users: np.ndarray, user_items: list[np.ndarray], report: Report) -> dict:
         """The steps of one epoch over this worker's rows (`epoch_steps`); returns its row."""
         cfg, state = self.cfg, self.state
         rows = [self.catalog.rows(items) for items in user_items]  # prepared-data items -> catalog rows
         steps = self.epoch_steps(epoch, users, user_items)
         n_steps = len(steps)
+        if cfg.schedule != "constant":
+            self.scheduler.lr_lambdas[0].total = self.total_steps(users, user_items)
         first = state.step_in_epoch if epoch == state.epoch else 0
         if first == 0:
             state.epoch_losses = []
@@ -195,10 +208,12 @@ class Recipe:
             key = (cfg.seed, epoch, step) if cfg.parallel == "items" else (cfg.seed, epoch, step, self.rank)
             # Dropout draws depend only on (seed, epoch, step, rank): a resumed run replays them.
             torch.manual_seed(int(step_rng(cfg.seed, epoch, step, self.rank, 1).integers(2**62)))
+            lr = self.optimizer.param_groups[0]["lr"]  # this step's, set by the scheduler's last step()
             res = train_step(self.model, self.optimizer, self.catalog, batch, m=cfg.m, rng_key=key,
                              chunk_size=cfg.encode_batch_size, device=self.device, precision=self.precision,
                              mode=cfg.parallel, comm=self.comm, activation_memory=cfg.activation_memory * 2**30,
                              scaler=self.scaler, pool=None if part is None else self.pools[part])
+            self.scheduler.step()  # once per optimizer step (see beeray.optim.build_scheduler)
             state.epoch_losses.append(res.loss)
             n_items += res.items
             state.global_step += 1
@@ -206,7 +221,7 @@ class Recipe:
                 raise RuntimeError(f"crash_at_step: injected worker crash at step {state.global_step}")
             state.step_in_epoch = step + 1
             state.steps.append({"step": state.global_step, "epoch": epoch + (step + 1) / n_steps, "loss": res.loss,
-                                "items": res.items})
+                                "items": res.items, "lr": lr})
             progress.update(step + 1, f"loss {res.loss:.5f}  |I_b| {res.items}  "
                                       f"items/s {n_items / (time.perf_counter() - t0):.0f}")
             if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0 and step + 1 < n_steps:
@@ -216,6 +231,15 @@ class Recipe:
         return {"epoch": epoch + 1, "step": state.global_step,
                 "loss": float(np.mean(state.epoch_losses)) if state.epoch_losses else None,
                 "items_per_s": n_items / seconds if seconds > 0 else None, "seconds": seconds}
+
+    def save(self, folder: str) -> None:
+        """Write this worker's checkpoint (model, optimizer, TrainState with the GradScaler's and the
+        learning-rate scheduler's state) to `folder`: what ray_report attaches and Recipe.setup restores."""
+        from beeray.checkpoint import save_checkpoint
+
+        self.state.scaler = self.scaler.state_dict()
+        self.state.lr_schedule = self.scheduler.state_dict()
+        save_checkpoint(folder, self.model, self.optimizer, self.state)
 
     def end_epoch(self, row: dict, report: Report) -> None:
         """Validate (rank 0), record the epoch in the history and checkpoint it."""
@@ -260,13 +284,10 @@ def ray_report(recipe: Recipe) -> Report:
 
     import ray.train
 
-    from beeray.checkpoint import save_checkpoint
-
     def report(metrics: dict, with_checkpoint: bool) -> None:
         if with_checkpoint and recipe.rank == 0:
-            recipe.state.scaler = recipe.scaler.state_dict()
             with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(tmp, recipe.model, recipe.optimizer, recipe.state)
+                recipe.save(tmp)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)

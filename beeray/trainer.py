@@ -200,7 +200,7 @@ def tokenize_catalog(cfg: TrainConfig, data: PreparedData) -> None:
     workers (and any restarted one) then memory-map it instead of each tokenizing it again."""
     from beeray.encoder import TokenizedCatalog
 
-    model = load_model(cfg.model, device="cpu", trust_remote_code=cfg.trust_remote_code)
+    model = load_model(cfg.model, device="cpu", trust_remote_code=cfg.trust_remote_code, prompt=cfg.prompt)
     TokenizedCatalog.cached(model, data, cfg.max_seq_length, full=cfg.full_train, show_progress=True)
 
 
@@ -217,7 +217,8 @@ def final_metrics(cfg: TrainConfig, data: PreparedData, model_dir: Path, baselin
         models = {"base": cfg.model, **models}
     out: dict = {}
     for who, name in models.items():
-        model = load_model(name, trust_remote_code=cfg.trust_remote_code)
+        # The base model scored with the run's prompt too (the trained folder has it saved already).
+        model = load_model(name, trust_remote_code=cfg.trust_remote_code, prompt=cfg.prompt)
         model.max_seq_length = cfg.max_seq_length
         out[who] = {s: evaluate(model, data, s, show_progress=False) for s in splits}
     return out

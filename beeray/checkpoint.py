@@ -28,7 +28,9 @@ class TrainState:
 
 def save_checkpoint(path: Path, model, optimizer, state: TrainState) -> None:
     path = Path(path)
-    model.save(str(path / MODEL_DIR))
+    # No model card here: generating one may look the base model up on the Hub (from every worker of a
+    # cluster, each checkpoint); the final model folder gets beeray's card (artifacts.model_card).
+    model.save(str(path / MODEL_DIR), create_model_card=False)
     torch.save(optimizer.state_dict(), path / "optimizer.pt")
     (path / "state.json").write_text(json.dumps(state.__dict__, indent=1))
 

@@ -99,7 +99,7 @@ def test_training_never_tokenizes_or_encodes_a_cold_item(ray_session, shop, tiny
 
     from beeray.config import to_dict
     from beeray.data.prepared import PreparedData
-    from beeray.encoder import TokenizedCatalog
+    from beeray.encoder import DeviceCatalog
     from beeray.train_loop import train_loop_per_worker
     from beeray.trainer import train_dataset
 
@@ -109,18 +109,18 @@ def test_training_never_tokenizes_or_encodes_a_cold_item(ray_session, shop, tiny
     forbidden = test if full_train else val | test
     tokenized: list[str] = []
     encoded: set[int] = set()
-    real_call, real_features = PreTrainedTokenizerBase.__call__, TokenizedCatalog.features
+    real_call, real_features = PreTrainedTokenizerBase.__call__, DeviceCatalog.features
 
     def tokenizer_spy(self, text=None, *args, **kw):
         tokenized.extend([text] if isinstance(text, str) else list(text))
         return real_call(self, text, *args, **kw)
 
-    def features_spy(self, rows, device):
-        encoded.update(self.items[rows].tolist())
-        return real_features(self, rows, device)
+    def features_spy(self, rows, width):  # every chunk either pass encodes is built here, on the device
+        encoded.update(self.host.items[rows.cpu().numpy()].tolist())
+        return real_features(self, rows, width)
 
     monkeypatch.setattr(PreTrainedTokenizerBase, "__call__", tokenizer_spy)
-    monkeypatch.setattr(TokenizedCatalog, "features", features_spy)
+    monkeypatch.setattr(DeviceCatalog, "features", features_spy)
     cfg = _cfg(shop, tiny_model_dir, tmp_path / "run", epochs=1, eval_every_epoch=False, full_train=full_train)
     TorchTrainer(train_loop_per_worker, train_loop_config=to_dict(cfg), scaling_config=ScalingConfig(num_workers=0),
                  datasets={"train": train_dataset(data, full_train, 1)},

@@ -391,10 +391,10 @@ def goodlens_section(r: dict) -> list[str]:
         for p in parts:
             d = paired[ref][p][str(models[p])]
             bits = []
-            for m, shown in (("recall@20", "Recall@20"), ("ndcg@100", "NDCG@100")):
+            for m, metric in (("recall@20", "Recall@20"), ("ndcg@100", "NDCG@100")):
                 verdict = verdict_of[d[m]["verdict"]]
                 helps.setdefault((c, p), []).append(verdict)
-                bits.append(f"{shown} {-d[m]['diff']:+.4f} ± {d[m]['stderr']:.4f} ({verdict}, p_holm {d[m]['p_holm']:.2g})")
+                bits.append(f"{metric} {-d[m]['diff']:+.4f} ± {d[m]['stderr']:.4f} ({verdict}, p_holm {d[m]['p_holm']:.2g})")
             lines.append(f"- {c.replace('_', '-')} goodlens − {shown[p]}-only, on {shown[p]}: "
                          + "; ".join(bits) + ".")
     summary = []

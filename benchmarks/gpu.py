@@ -70,7 +70,7 @@ from beeray.encoder import ChunkPlan, TokenizedCatalog, encode  # noqa: E402
 from beeray.evaluate import encode_items  # noqa: E402
 from beeray.gradcheck import NoReplay, autograd_grads, relative_error, two_pass_grads  # noqa: E402
 from beeray.models import load_model  # noqa: E402
-from beeray.precision import native_bf16, resolve  # noqa: E402
+from beeray.precision import grad_scaler, native_bf16, resolve  # noqa: E402
 from beeray.sampler import sample_item_set, step_rng  # noqa: E402
 from beeray.step import train_step  # noqa: E402
 
@@ -319,7 +319,7 @@ def speed(name: str, model, catalog, texts: list[str], user_items, sizes: dict, 
     row["reference_width"] = ref_catalog.width
     small = item_set[: sizes["chunk"]]
     # Warm-up: kernels, allocator and autotuning out of the timings (one chunk each).
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    scaler = grad_scaler(device, precision)
     train_step(model, optimizer, catalog, [batch[0]], m=sizes["chunk"], rng_key=(SEED, 9, 9),
                chunk_size=sizes["chunk"], device=device, precision=precision, scaler=scaler)
     encode_seconds(model, catalog, small, sizes["chunk"], device, precision)

@@ -1,119 +1,22 @@
-"""Every file beeray leaves for people, written so that a crash never leaves half a file.
-
-One home for the writers: JSON, CSV, PNG, metric tables, the training history and the model
-card. Each file is written to a temporary sibling and renamed into place (a rename within one
-folder is atomic on POSIX file systems), and a folder is copied beside its destination and then
-swapped in.
+"""The reports beeray leaves for people: metric tables, the training history and its plot, the model
+card, a search's results and plots. They sit above the evaluator (they read its metric names) and
+write through `beeray.files`, the atomic writers every layer shares.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import json
-import os
-import shutil
-import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from beeray.errors import BeerayError
-from beeray.evaluate import METRICS, VAL_METRICS
+from beeray.metrics import METRICS, VAL_METRICS
+from beeray.files import save_figure, write_csv, write_text
 
 if TYPE_CHECKING:
     from beeray.config import TuneConfig
-
-
-# ---------------------------------------------------------------- atomic writes
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path):
-    """Yield a temporary path next to `path`; on success it replaces `path`, on error it is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_text(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def write_json(path: str | Path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, default=float) + "\n")
-
-
-def write_csv(path: str | Path, rows: list[dict] | pd.DataFrame) -> None:
-    """A CSV from records (columns in first-seen order) or a DataFrame."""
-    with atomic_path(path) as tmp:
-        if isinstance(rows, pd.DataFrame):
-            rows.to_csv(tmp, index=False)
-            return
-        columns = list(dict.fromkeys(k for row in rows for k in row))
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
-
-
-def save_figure(fig, path: str | Path) -> None:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
-    plt.close(fig)
-
-
-@contextlib.contextmanager
-def staged_dir(dst: str | Path, keep_existing: Callable[[], bool] | None = None):
-    """Yield an empty folder beside `dst`; when the block succeeds it becomes `dst`, else it is removed.
-
-    An old `dst` is replaced (`swap_dir`), except one that `keep_existing()` accepts: a finished copy
-    that a concurrent writer put there first stays, so processes building the same folder at once
-    (Ray workers on one node) all end with one complete copy.
-    """
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        if keep_existing is None or not keep_existing():
-            try:
-                swap_dir(tmp, dst)
-            except OSError:
-                if keep_existing is None or not keep_existing():  # not a concurrent writer's copy
-                    raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def replace_dir(src: str | Path, dst: str | Path) -> None:
-    """Copy folder `src` to `dst`, replacing what was there only once the copy is complete."""
-    with staged_dir(dst) as tmp:
-        shutil.copytree(src, tmp, dirs_exist_ok=True)
-
-
-def swap_dir(new: Path, dst: Path) -> None:
-    """Move the finished folder `new` to `dst` (same parent), replacing an old `dst` if present."""
-    if dst.exists():
-        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(dst, old)
-        os.replace(new, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, dst)
 
 
 # ---------------------------------------------------------------- tables
@@ -363,32 +266,6 @@ def model_card(model_dir: Path, cfg: dict, stats: dict, metrics: dict, model=Non
     readme = model_dir / "README.md"
     write_text(readme, content)
     return readme
-
-
-# ---------------------------------------------------------------- run folders
-
-def prepare_run_dir(out: str | Path, *, state: str, config_file: str, config: dict, resume: bool,
-                    conflicts, what: str) -> Path:
-    """Create (or reopen, with --resume) the output folder of a run or search, and record its config.
-
-    `state`: the sub-folder where Ray keeps the run's state (its existence means a run was
-    started here); `conflicts(saved_config) -> list[str]`: the differences that forbid continuing.
-    """
-    out = Path(out).expanduser().resolve()
-    state_dir = out / state
-    saved = out / config_file
-    if resume:
-        if not state_dir.exists() or not saved.exists():
-            raise BeerayError(f"--resume: no previous {what} in {out}")
-        changed = conflicts(json.loads(saved.read_text()))
-        if changed:
-            raise BeerayError(f"--resume: the {what} in {out} was started with a different config "
-                              f"({', '.join(changed)})")
-    elif state_dir.exists():
-        raise BeerayError(f"{out} already holds a {what}: pass --resume to continue it, or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(saved, config)
-    return out
 
 
 # ---------------------------------------------------------------- a search's results (beeray tune)

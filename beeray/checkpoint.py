@@ -57,7 +57,7 @@ def resolve_resume(out: str | Path, state: str, resume: bool | str, what: str = 
 
     "auto" (a job that may be submitted again, e.g. a retried KubeRay RayJob): True when `out` holds a
     started `what` (its Ray state folder `state` exists), False when it holds none; the caller then
-    goes through --resume's own path (beeray.artifacts.prepare_run_dir), which refuses a run started
+    goes through --resume's own path (beeray.files.prepare_run_dir), which refuses a run started
     with another config, or starts a new one.
     """
     if resume != "auto":

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from beeray.errors import BeerayError
-from beeray.evaluate import VAL_METRICS
+from beeray.metrics import VAL_METRICS
 from beeray.models import DEFAULT_MODEL
 
 

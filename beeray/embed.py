@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from beeray import artifacts
+from beeray import files
 from beeray.data.items import ItemTexts
 from beeray.errors import BeerayError
 
@@ -102,7 +102,7 @@ class ShardEncoder:
             flat = pa.array(emb.reshape(-1), type=pa.from_numpy_dtype(self.dtype))
             table = pa.table({"item_id": pa.array(ids, pa.string()),
                               "embedding": pa.FixedSizeListArray.from_arrays(flat, emb.shape[1])})
-            with artifacts.atomic_path(shard_path(self.out, k)) as tmp:
+            with files.atomic_path(shard_path(self.out, k)) as tmp:
                 pq.write_table(table, tmp)
             shards.append(k)
             rows.append(len(ids))
@@ -159,7 +159,7 @@ def embed(model: str, items: ItemTexts, out: str | Path, *, shard_size: int = 10
     for stale in (out / SHARDS).glob("part-*.parquet"):
         if int(stale.stem.removeprefix("part-")) not in done:
             stale.unlink()  # a shard of other texts, or beyond the catalog's new end
-    artifacts.write_json(old, manifest)
+    files.write_json(old, manifest)
     pending = [k for k in range(len(shards)) if k not in done]
     log(f"embedding {len(items):,} items in {len(shards)} shards of {shard_size:,}: {len(done)} already done, "
         f"{len(pending)} to encode with {workers} encoder actor(s)")
@@ -194,7 +194,7 @@ def embed(model: str, items: ItemTexts, out: str | Path, *, shard_size: int = 10
     if build_index:
         write_index(out, len(shards))
         manifest["index"] = INDEX
-    artifacts.write_json(old, manifest)
+    files.write_json(old, manifest)
     return manifest
 
 
@@ -228,5 +228,5 @@ def write_index(out: Path, n_shards: int) -> None:
     _, emb = _read_shards(out, n_shards)
     index = faiss.IndexFlatIP(emb.shape[1])
     index.add(emb)
-    with artifacts.atomic_path(out / INDEX) as tmp:
+    with files.atomic_path(out / INDEX) as tmp:
         faiss.write_index(index, str(tmp))

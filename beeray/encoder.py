@@ -132,7 +132,7 @@ class TokenizedCatalog:
     def save(self, folder: Path) -> None:
         """Write the arrays as .npy files into `folder` atomically; a folder already there is kept (a
         concurrent writer got there first with the same content)."""
-        from beeray.artifacts import staged_dir
+        from beeray.files import staged_dir
 
         folder = Path(folder)
         with staged_dir(folder, keep_existing=(folder / "meta.json").is_file) as tmp:

@@ -84,7 +84,7 @@ def assemble_model(parts: list[Path], dest: Path, *, sha256: str, sizes: dict[st
 
     if finished():
         return dest
-    from beeray.artifacts import staged_dir
+    from beeray.files import staged_dir
 
     with staged_dir(dest, keep_existing=finished) as unpacked, \
             tempfile.TemporaryFile(dir=dest.parent) as joined:
@@ -175,7 +175,7 @@ def save_model(model, path: str | Path, dtype: str = "float32") -> None:
 
     import torch
 
-    from beeray.artifacts import staged_dir
+    from beeray.files import staged_dir
 
     out = model if dtype == "float32" else copy.deepcopy(model).to(getattr(torch, dtype))
     with staged_dir(path) as tmp:

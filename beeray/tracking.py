@@ -29,7 +29,7 @@ from pathlib import Path
 from ray.air.integrations.mlflow import MLflowLoggerCallback  # imports mlflow only when a callback starts
 
 from beeray.config import TrainConfig, to_dict
-from beeray.evaluate import METRICS
+from beeray.metrics import METRICS
 
 # MLflow 3 sends usage telemetry unless told not to; beeray runs offline and tells it.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

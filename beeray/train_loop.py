@@ -30,7 +30,8 @@ from beeray.data.prepared import PreparedData
 from beeray.distributed import Comm
 from beeray.encoder import TokenizedCatalog
 from beeray.errors import BeerayError
-from beeray.evaluate import METRICS, VAL_METRICS, evaluate
+from beeray.evaluate import evaluate
+from beeray.metrics import METRICS, VAL_METRICS
 from beeray.models import load_model, set_attention_dropout
 from beeray.optim import build_optimizer, build_scheduler
 from beeray.precision import describe, grad_scaler, resolve

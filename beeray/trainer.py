@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from beeray import artifacts, training_record
+from beeray import artifacts, files, training_record
 from beeray.checkpoint import MODEL_DIR, read_state, resolve_resume
 from beeray.config import TrainConfig, to_dict
 from beeray.data.prepared import PreparedData
@@ -156,7 +156,7 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, baseline: bool = True
     data = PreparedData.load(cfg.data)  # fail on a bad folder before Ray starts
     composed_parts(cfg, data)  # and on dataset_weights that do not name its datasets
     cfg.data = str(data.root.resolve())
-    out = artifacts.prepare_run_dir(cfg.out, state=f"ray/{RUN_NAME}", config_file="config.json",
+    out = files.prepare_run_dir(cfg.out, state=f"ray/{RUN_NAME}", config_file="config.json",
                                     config=to_dict(cfg), resume=resolve_resume(cfg.out, f"ray/{RUN_NAME}", resume),
                                     conflicts=cfg.resume_conflicts, what="run")
     tokenize_catalog(cfg, data)
@@ -171,7 +171,7 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, baseline: bool = True
     model_dir = out / "model"
     with result.checkpoint.as_directory() as ckpt:
         state = read_state(ckpt)
-        artifacts.replace_dir(Path(ckpt) / MODEL_DIR, model_dir)
+        files.replace_dir(Path(ckpt) / MODEL_DIR, model_dir)
     if cfg.save_dtype != "float32":
         save_model(load_model(str(model_dir), device="cpu", trust_remote_code=cfg.trust_remote_code),
                    model_dir, cfg.save_dtype)
@@ -182,7 +182,7 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, baseline: bool = True
     gpus = cfg.gpus_per_worker if cfg.use_gpu else 0
     task = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=gpus)(final_metrics)
     metrics = ray.get(task.remote(cfg, data, model_dir, baseline=baseline))
-    artifacts.write_json(out / "metrics.json", {"config": to_dict(cfg), "data": data.stats, **metrics})
+    files.write_json(out / "metrics.json", {"config": to_dict(cfg), "data": data.stats, **metrics})
     artifacts.model_card(model_dir, to_dict(cfg), data.stats, metrics)
     from beeray import tracking
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from beeray import __version__
 from beeray.errors import BeerayError
+from beeray.files import atomic_path
 
 if TYPE_CHECKING:
     from beeray.data.prepared import PreparedData
@@ -49,8 +50,6 @@ def build(data: "PreparedData", full: bool, base_model: str) -> dict:
 
 
 def write(model_dir: str | Path, record: dict) -> Path:
-    from beeray.artifacts import atomic_path  # pandas: not at import time, the CLI's --help reads this module
-
     path = Path(model_dir) / RECORD
     with atomic_path(path) as tmp:
         # mtime 0: the same training catalog gives the same bytes

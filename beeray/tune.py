@@ -25,10 +25,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from beeray import artifacts
+from beeray import artifacts, files
 from beeray.artifacts import TrialRow
 from beeray.config import TrainConfig, TuneConfig, from_dict, to_dict
 from beeray.errors import BeerayError
+from beeray.metrics import VAL_METRICS
 
 TUNE_RUN = "tune"  # stable experiment name: --resume finds it
 FINAL_DIR = "final"
@@ -94,7 +95,7 @@ def _prepare_out(cfg: TuneConfig, resume: bool) -> Path:
         now = json.loads(json.dumps(cfg.to_json()))
         return [f"changed: {k}" for k in sorted(now) if old.get(k) != now[k]]
 
-    return artifacts.prepare_run_dir(cfg.train.out, state=f"ray/{TUNE_RUN}", config_file="tune_config.json",
+    return files.prepare_run_dir(cfg.train.out, state=f"ray/{TUNE_RUN}", config_file="tune_config.json",
                                      config=cfg.to_json(), resume=resume, conflicts=conflicts, what="search")
 
 
@@ -146,7 +147,7 @@ def finish(cfg: TuneConfig, result_grid, *, resume: bool = False, baseline: bool
 
     out = Path(cfg.train.out)
     rows = artifacts.collect(result_grid, cfg)
-    artifacts.write_csv(out / "tune_results.csv", artifacts.results_frame(rows, cfg))
+    files.write_csv(out / "tune_results.csv", artifacts.results_frame(rows, cfg))
     best = pick_best(rows, cfg)  # raises when every trial failed, after the table is written
     artifacts.plot_trials(rows, cfg, best, out / "trials.png")
     artifacts.plot_hyperparameters(rows, cfg, best, out / "hyperparameters.png")
@@ -168,13 +169,13 @@ def finish(cfg: TuneConfig, result_grid, *, resume: bool = False, baseline: bool
         metrics = train(final, resume=resume and done_before, baseline=baseline,
                         tags={"beeray.search": str(out), "beeray.role": "final retrain"}).metrics
     best_epoch_row = next(h for h in best.history if int(h["epoch"]) == best.best_epoch)
-    artifacts.write_json(out / "best.json", {
+    files.write_json(out / "best.json", {
         "trial_id": best.trial_id,
         "metric": cfg.search.metric, "mode": cfg.search.mode,
         "selection": "best epoch of each trial's reported history",
         "value": best.best, "best_epoch": best.best_epoch,
         "config": best.config,
-        "validation": {m: best_epoch_row[m] for m in artifacts.VAL_METRICS if m in best_epoch_row},
+        "validation": {m: best_epoch_row[m] for m in VAL_METRICS if m in best_epoch_row},
         "final": {"out": str(final_dir), "config": to_dict(final), "metrics": metrics},
         "failed_trials": [{"trial_id": r.trial_id, "error": r.error} for r in rows if r.status == "ERROR"],
     })

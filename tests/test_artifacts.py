@@ -4,14 +4,15 @@ import json
 
 import pytest
 
-from beeray import artifacts
+from beeray import artifacts, files
+from beeray.errors import BeerayError
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_debris(tmp_path):
     path = tmp_path / "metrics.json"
-    artifacts.write_json(path, {"recall@20": 0.5})
+    files.write_json(path, {"recall@20": 0.5})
     with pytest.raises(RuntimeError):
-        with artifacts.atomic_path(path) as tmp:
+        with files.atomic_path(path) as tmp:
             tmp.write_text('{"recall@20": 0.')  # half a file ...
             raise RuntimeError("crash")  # ... then the process dies
     assert json.loads(path.read_text()) == {"recall@20": 0.5}
@@ -21,7 +22,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_debris(tmp_path):
         pass
 
     with pytest.raises(TypeError):
-        artifacts.write_json(path, {"x": Unserialisable()})
+        files.write_json(path, {"x": Unserialisable()})
     assert json.loads(path.read_text()) == {"recall@20": 0.5}
 
 
@@ -36,12 +37,12 @@ def test_replace_dir_swaps_only_a_complete_copy(tmp_path, monkeypatch):
         (tmp_path / "half").mkdir()
         raise OSError("disk full")
 
-    monkeypatch.setattr(artifacts.shutil, "copytree", broken_copy)
+    monkeypatch.setattr(files.shutil, "copytree", broken_copy)
     with pytest.raises(OSError):
-        artifacts.replace_dir(src, dst)
+        files.replace_dir(src, dst)
     assert (dst / "weights").read_text() == "old"
     monkeypatch.undo()
-    artifacts.replace_dir(src, dst)
+    files.replace_dir(src, dst)
     assert (dst / "weights").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "half") == ["checkpoint", "model"]
 
@@ -49,17 +50,36 @@ def test_replace_dir_swaps_only_a_complete_copy(tmp_path, monkeypatch):
 def test_staged_dir_publishes_on_success_only_and_keeps_a_concurrent_finished_copy(tmp_path):
     dst = tmp_path / "cache"
     with pytest.raises(RuntimeError):
-        with artifacts.staged_dir(dst) as tmp:
+        with files.staged_dir(dst) as tmp:
             (tmp / "half").write_text("x")
             raise RuntimeError("crash mid-write")
     assert list(tmp_path.iterdir()) == []  # neither the destination nor debris
-    with artifacts.staged_dir(dst) as tmp:
+    with files.staged_dir(dst) as tmp:
         (tmp / "a").write_text("first")
     # A second writer whose destination a finished copy already holds leaves that copy as it is...
-    with artifacts.staged_dir(dst, keep_existing=(dst / "a").is_file) as tmp:
+    with files.staged_dir(dst, keep_existing=(dst / "a").is_file) as tmp:
         (tmp / "a").write_text("second")
     assert (dst / "a").read_text() == "first"
     # ... while an unaccepted old folder is replaced.
-    with artifacts.staged_dir(dst, keep_existing=lambda: False) as tmp:
+    with files.staged_dir(dst, keep_existing=lambda: False) as tmp:
         (tmp / "a").write_text("third")
     assert (dst / "a").read_text() == "third" and [p.name for p in tmp_path.iterdir()] == ["cache"]
+
+
+def test_a_url_is_refused_not_turned_into_a_local_folder(tmp_path, monkeypatch, capsys):
+    """`--out s3://bucket/run` used to write ./s3:/bucket/run without a word: every command refuses it."""
+    from beeray.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for argv in (["train", "--data", "data/shop", "--out", "s3://bucket/run"],
+                 ["embed", "--items", "x.csv", "--out", "gs://bucket/emb"],
+                 ["prepare", "synthetic", "--out", "s3://bucket/data"],
+                 ["compare", "--data", "s3://bucket/data"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2, argv
+        assert "a URL; beeray reads and writes local or mounted" in capsys.readouterr().err, argv
+    with pytest.raises(BeerayError, match="a URL"):  # a config file's out: reaches the run folder's check
+        files.prepare_run_dir("s3://bucket/run", state="ray/train", config_file="config.json", config={},
+                              resume=False, conflicts=lambda saved: [], what="training run")
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -16,7 +16,7 @@ from huggingface_hub.repocard_data import ModelCardData, eval_results_to_model_i
 
 from beeray import artifacts, training_record
 from beeray.config import TrainConfig, to_dict
-from beeray.evaluate import METRICS
+from beeray.metrics import METRICS
 
 TAGS = {"beeformer", "sentence-transformers", "recommendation"}
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from beeray.artifacts import write_json
+from beeray.files import write_json
 from beeray.checkpoint import resolve_resume
 from beeray.cli import main
 from beeray.config import to_dict, train_config

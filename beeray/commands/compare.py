@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from beeray import artifacts
+from beeray import artifacts, files
 from beeray.commands import add_eval_options, eval_targets, print_tables, run_evaluations
 from beeray.errors import BeerayError
+from beeray.files import path_arg
 from beeray.models import DEFAULT_MODEL
 
 
@@ -25,11 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
             "its paired bootstrap stderr, and a verdict with Holm's correction over the table's comparisons."
         ),
     )
-    p.add_argument("--data", required=True, action="append", type=Path, metavar="DIR",
+    p.add_argument("--data", required=True, action="append", type=path_arg("--data", Path), metavar="DIR",
                    help="prepared folder; repeat for several datasets")
     add_eval_options(p)
     p.add_argument("--split", choices=["val", "test"], default="test", help="which split (default: test)")
-    p.add_argument("--out", type=Path, help="table file: .csv, or JSON for any other suffix")
+    p.add_argument("--out", type=path_arg("--out", Path), help="table file: .csv, or JSON for any other suffix")
     p.add_argument("--reference", action="append", metavar="ROW",
                    help="the row every other row is compared with, paired (a --model, or baseline:NAME; "
                         "default: the first --model, else the first --baseline); repeat for several, each "
@@ -43,7 +44,8 @@ ALPHA = 0.05  # family-wise error rate of one table's paired verdicts (Holm)
 def paired_table(results: dict[str, dict], reference: str, labels: list[str], n_boot: int, seed: int) -> dict:
     """{target: {row: {metric: diff, stderr, z, p, p_holm, verdict}}}: each row minus the reference row on
     the same users; Holm's adjustment runs over every (row, metric) comparison of one target's table."""
-    from beeray.evaluate import METRICS, holm, paired_differences
+    from beeray.evaluate import holm, paired_differences
+    from beeray.metrics import METRICS
 
     out: dict[str, dict] = {}
     for label in labels:
@@ -60,7 +62,7 @@ def paired_table(results: dict[str, dict], reference: str, labels: list[str], n_
 
 
 def print_paired(paired: dict, reference: str) -> None:
-    from beeray.evaluate import METRICS
+    from beeray.metrics import METRICS
 
     for label, per in paired.items():  # per target
         if not per:
@@ -118,9 +120,9 @@ def run(args) -> int:
 
     if args.out:
         if args.out.suffix.lower() == ".csv":
-            artifacts.write_csv(args.out, table_rows(results, list(oracle)))
+            files.write_csv(args.out, table_rows(results, list(oracle)))
         else:
-            artifacts.write_json(args.out, {"split": args.split,
+            files.write_json(args.out, {"split": args.split,
                                             "datasets": {lab: str(data.root)
                                                          for lab, (data, _) in eval_targets(datasets).items()},
                                             "results": results, "oracle": oracle,

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import json
 
-from beeray import artifacts
+from beeray import artifacts, files
 from beeray.commands import add_eval_options, print_tables, run_evaluations
+from beeray.files import path_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,10 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                "  beeray evaluate --data data/goodlens --model runs/goodlens/model --model runs/ml/model --split test",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--data", required=True, type=Path, help="prepared folder (from `beeray prepare`)")
+    p.add_argument("--data", required=True, type=path_arg("--data", Path), help="prepared folder (from `beeray prepare`)")
     add_eval_options(p)
     p.add_argument("--split", choices=["val", "test"], default="val", help="which split to score (default: val)")
-    p.add_argument("--out", type=Path, help="write results: .csv gives one row per model (and per dataset of a "
+    p.add_argument("--out", type=path_arg("--out", Path), help="write results: .csv gives one row per model (and per dataset of a "
                                             "goodlens folder), anything else JSON")
     p.set_defaults(func=run)
 
@@ -60,9 +61,9 @@ def run(args) -> int:
 
     if args.out:
         if args.out.suffix.lower() == ".csv":
-            artifacts.write_csv(args.out, [artifacts.result_row(r) for r in results])
+            files.write_csv(args.out, [artifacts.result_row(r) for r in results])
         else:
             # one row: a single result object; several: a list of them, same shape each
-            artifacts.write_json(args.out, results[0] if len(results) == 1 else results)
+            files.write_json(args.out, results[0] if len(results) == 1 else results)
         print(f"wrote {args.out}")
     return 0

@@ -8,6 +8,7 @@ import sys
 from beeray.data.loaders import DATASETS, GenericColumns
 from beeray.data.prepare import PrepareOptions, format_stats, prepare
 from beeray.errors import BeerayError
+from beeray.files import path_arg
 
 EPILOG = """\
 datasets and their --input:
@@ -51,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", action="append", metavar="PATH",
                    help="dataset folder or interactions file; for goodlens KIND=PATH, repeatable")
     p.add_argument("--items", metavar="PATH", help="item text file where the layout needs one")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: data/<dataset>)")
+    p.add_argument("--out", metavar="DIR", type=path_arg("--out"), help="output folder (default: data/<dataset>)")
     p.add_argument("--split", choices=("item", "time"), default="item",
                    help="item: cold-start items held out (default); time: last interactions held out")
     p.add_argument("--val-items", type=int, metavar="N", help="validation cold items (default min(2000, 10%%))")

@@ -6,12 +6,13 @@ import argparse
 
 from beeray.config import TrainConfig, parse_overrides, train_config
 from beeray.errors import BeerayError
+from beeray.files import path_arg
 
 # flag -> TrainConfig field; the flags users reach for most. Anything else: --set key=value.
 _FLAGS = {
-    "--data": ("data", str, "prepared-data folder (from `beeray prepare`)"),
+    "--data": ("data", path_arg("--data"), "prepared-data folder (from `beeray prepare`)"),
     "--model": ("model", str, "base model: hub name or local SentenceTransformer folder"),
-    "--out": ("out", str, "output folder: model/, metrics.json, history.csv/png, ray/ checkpoints"),
+    "--out": ("out", path_arg("--out"), "output folder: model/, metrics.json, history.csv/png, ray/ checkpoints"),
     "--lr": ("lr", float, "learning rate (paper: 1e-5)"),
     "--epochs": ("epochs", int, "passes over the training users"),
     "--optimizer": ("optimizer", str, "adamw (default) | nadam (the reference's Keras Nadam)"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from beeray.files import path_arg
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -28,7 +30,7 @@ def register(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", required=True, help="YAML with train: and search: sections (see experiments/tune-*)")
-    p.add_argument("--out", help="output folder (default: train.out of the config)")
+    p.add_argument("--out", type=path_arg("--out"), help="output folder (default: train.out of the config)")
     p.add_argument("--tracking-uri", help="MLflow store or server for the trials and the final run "
                                           "(default: sqlite:///<parent of OUT>/mlflow.db)")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")

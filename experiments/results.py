@@ -62,7 +62,6 @@ GOODLENS = {
     "users": {"goodbooks": 160, "movielens": 320},  # training users kept per component
     "train": {"epochs": 1, "batch_size": 32, "m": 256, "max_seq_length": 64, "encode_batch_size": 64},
     "compositions": ("joint", "per_dataset"),
-    "heater": {"epochs": 10},  # fixed: the value validation chose on both data sets below (saves ~10 min)
 }
 
 # Flags of `beeray train` (anything else goes through --set key=value).
@@ -152,9 +151,13 @@ def dataset(name: str, spec: dict) -> dict:
     commands.append(train)
     timing["train"] = trained(train, model, out)
     table = out / "compare.json"
+    # Zero-shot MiniLM at its own 256 tokens and at the trained model's length (encoders compared at
+    # equal length too); every other row is paired against the beeFormer row on the same users.
     compare = [*BEERAY, "compare", "--data", str(data), "--split", "test", "--model", MINILM,
+               "--model", str(minilm_at(spec["train"]["max_seq_length"])),
                "--model", str(model / "model"), "--text-model", MINILM, "--bootstrap", str(BOOTSTRAP),
-               *[x for b in spec["baselines"] for x in ("--baseline", b)], "--out", str(table)]
+               *[x for b in spec["baselines"] for x in ("--baseline", b)], "--reference", str(model / "model"),
+               "--out", str(table)]
     if "sansa" in spec["baselines"] and not sansa_installed():
         compare = [c for i, c in enumerate(compare) if not (c == "sansa" or (c == "--baseline" and compare[i + 1] == "sansa"))]
     commands.append(compare)
@@ -219,13 +222,10 @@ def goodlens(spec: dict) -> dict:
     encoders = [*zero_shot.values(), *map(str, models.values())]
     references = [str(models[f"goodlens-{c}"]) for c in spec["compositions"]]
     tables = {}
-    for key, folders, baselines in (("cold", [data for data, _, _ in single.values()], ["heater"]),
-                                    ("amazon", [amazon], [])):
+    for key, folders in (("cold", [data for data, _, _ in single.values()]), ("amazon", [amazon])):
         table = out / f"compare-{key}.json"
         cmd = [*BEERAY, "compare", *[x for d in folders for x in ("--data", str(d))], "--split", "test",
-               *[x for m in encoders for x in ("--model", m)], "--text-model", MINILM,
-               *[x for b in baselines for x in ("--baseline", b)],
-               *[x for k, v in (spec["heater"].items() if baselines else []) for x in ("--param", f"heater.{k}={v}")],
+               *[x for m in encoders for x in ("--model", m)],
                *[x for r in references for x in ("--reference", r)], "--bootstrap", str(BOOTSTRAP),
                "--out", str(table)]
         commands.append(cmd)
@@ -233,7 +233,15 @@ def goodlens(spec: dict) -> dict:
             timing[f"compare-{key}"] = run(cmd, out / f"compare-{key}.log")
         tables[key] = json.loads(table.read_text())
     stats = {part: json.loads((data / "stats.json").read_text()) for part, (data, _, _) in single.items()}
-    return {"name": "goodlens", "spec": spec, "commands": commands, "timing": timing, "stats": stats,
+    # Heater's row: the same folders, split and seed as the single-dataset sections' Heater (it cannot be
+    # trained across catalogs), so their result is this row's; read from there rather than fitted twice.
+    heater = {}
+    for part, name in spec["parts"].items():
+        table = RUNS / name / "compare.json"
+        if table.exists():
+            comp = json.loads(table.read_text())
+            heater[part] = comp["results"].get("baseline:heater", {}).get(next(iter(comp["datasets"])))
+    return {"name": "goodlens", "spec": spec, "commands": commands, "timing": timing, "stats": stats, "heater": heater,
             "joint_stats": json.loads((joint / "stats.json").read_text()), "models": {k: str(v) for k, v in models.items()},
             "zero_shot": {str(k): v for k, v in zero_shot.items()}, "tables": tables,
             "train_configs": {k: json.loads((Path(v).parent / "metrics.json").read_text())["config"]
@@ -255,20 +263,52 @@ def cell(res: dict, m: str) -> str:
     return f"{res[m]:.4f} ± {res['stderr'][m]:.4f}"
 
 
-def z(a: dict, b: dict, m: str) -> float:
-    """Difference in units of the combined bootstrap stderr (unpaired: a conservative reading)."""
-    return (a[m] - b[m]) / math.hypot(a["stderr"][m], b["stderr"][m])
-
-
 def label(row: str, model_dir: str) -> str:
     if row == MINILM:
-        return "MiniLM zero-shot (CBF)"
+        return "MiniLM zero-shot (CBF), 256 tokens"
+    if "/minilm-msl" in row:
+        return f"MiniLM zero-shot (CBF), {row.rsplit('msl', 1)[1]} tokens"
     if row.endswith("/model"):
         return "**beeFormer-trained MiniLM** (CBF)"
     return row.removeprefix("baseline:")
 
 
+def chosen(row: str, res: dict) -> str:
+    """The hyperparameters validation chose for a baseline row, an edge of its ladder marked."""
+    from beeray.baselines import BASELINES
+
+    cls = BASELINES.get(row.removeprefix("baseline:"))
+    if cls is None:
+        return ""
+    edges = res.get("edges", {})
+    # what the search chose (its ladders) and what training chose on validation (heater's best epoch)
+    keys = [*cls.grid, *[k for k in edges if k not in cls.grid]]
+    if any(s.get("trained") for s in res.get("search", [])):
+        keys += [k for k in ("epochs",) if k not in keys]
+    bits = [f"{k}={res['params'][k]}" + (f" (**edge: {edges[k]}**)" if k in edges else "")
+            for k in keys if k in res.get("params", {})]
+    return f" ({', '.join(bits)})" if bits else ""
+
+
+def paired_verdicts(comp: dict, lab: str, reference: str, rows: dict) -> list[str]:
+    """The reference row minus each other row, per user on the same users (compare stores row − reference)."""
+    paired = comp["paired"]["by_reference"][reference][lab]
+    flip = {"better": "worse", "worse": "better", "no clear difference": "no clear difference"}
+    lines = []
+    for name in rows:
+        if name == reference:
+            continue
+        bits = []
+        for m, shown in (("recall@20", "Recall@20"), ("ndcg@100", "NDCG@100")):
+            d = paired[name][m]
+            bits.append(f"{shown} {-d['diff']:+.4f} ± {d['stderr']:.4f} ({flip[d['verdict']]}, p_holm {d['p_holm']:.2g})")
+        lines.append(f"- against {label(name, reference)}: " + "; ".join(bits) + ".")
+    return lines
+
+
 def section(r: dict) -> list[str]:
+    from beeray.baselines import BASELINES
+
     spec, comp = r["spec"], r["compare"]
     lab = next(iter(comp["datasets"]))
     rows = {name: per[lab] for name, per in comp["results"].items()}
@@ -284,17 +324,18 @@ def section(r: dict) -> list[str]:
                "baselines; the training run of the beeFormer row is listed below the table.", "",
              "| model | Recall@20 | Recall@50 | NDCG@100 | R@20 head | R@20 middle | R@20 tail | top-20 popularity %ile | seconds |",
              "|---|---|---|---|---|---|---|---|---|"]
+    edge_notes = {}
     for name, res in rows.items():
         pop = res.get("popularity", {})
         secs = res.get("seconds", (res.get("fit_s") or 0) + (res.get("score_s") or 0))
-        chosen = [f"{k}={v}" for k, v in res.get("params", {}).items() if k in spec_grid(name)]
-        params = f" ({', '.join(chosen)})" if chosen else ""
-        lines.append(f"| {label(name, trained)}{params} | " + " | ".join(cell(res, m) for m in METRICS) + " | "
+        cls = BASELINES.get(name.removeprefix("baseline:"))
+        for k in res.get("edges", {}):
+            edge_notes[f"{name.removeprefix('baseline:')} {k}"] = (cls.edges.get(k) if cls else None) or "no reason given"
+        lines.append(f"| {label(name, trained)}{chosen(name, res)} | " + " | ".join(cell(res, m) for m in METRICS) + " | "
                      + " | ".join(_fmt(pop.get(k)) for k in ("recall@20_head", "recall@20_middle", "recall@20_tail"))
                      + f" | {_fmt(pop.get('popularity_percentile@20'), 1)} | {secs:.0f} |")
     if "sansa" in spec["baselines"] and not any(k == "baseline:sansa" for k in rows):
-        lines.append("| sansa | not installed (needs SuiteSparse: `pip install 'beeray[sansa]'`, see README) "
-                     "| | | | | | | |")
+        lines.append("| sansa | not installed (needs SuiteSparse: `make sansa`, see README) | | | | | | | |")
     pop = oracle["popularity"]
     lines.append(f"| *popularity oracle (peeks at the test targets; a reading aid, not a model)* | "
                  + " | ".join(cell(oracle, m) for m in METRICS) + " | "
@@ -305,20 +346,19 @@ def section(r: dict) -> list[str]:
     steps = math.ceil((users if isinstance(users, int) else s["split"]["train_full_users"]) / tc["batch_size"])
     lines += ["", f"beeFormer row: `beeray train` on {users} training users (train + validation), {tc['epochs']} epoch "
               f"= {steps} steps of {tc['batch_size']} users, m {tc['m']}, max_seq_length {tc['max_seq_length']}, "
-              f"lr {tc['lr']:g}, {r['timing']['train'] / 60:.1f} minutes on the 2-core CPU (evaluation included).", ""]
-    verdicts = []
-    for name, res in rows.items():
-        if name == trained:
-            continue
-        parts = []
-        for m, shown in (("recall@20", "Recall@20"), ("ndcg@100", "NDCG@100")):
-            d = z(rows[trained], res, m)
-            word = "better" if d > 2 else "worse" if d < -2 else "no clear difference"
-            parts.append(f"{shown} {d:+.1f} ({word})")
-        verdicts.append(f"- against {label(name, trained)}: " + ", ".join(parts) + ".")
-    lines += ["The beeFormer row against each other row, in units of their combined bootstrap stderr "
-              "(sqrt(se_a² + se_b²); the rows share their users, so this unpaired reading is conservative; "
-              "beyond ±2 counts as a difference):", "", *verdicts, ""]
+              f"lr {tc['lr']:g}, optimizer {tc.get('optimizer', 'adamw')}, {r['timing']['train'] / 60:.1f} minutes on "
+              "the 2-core CPU (evaluation included).", ""]
+    if edge_notes:
+        lines += ["Choices on an end of their ladder (the search would have gone further; why the ladder stops "
+                  "there): " + "; ".join(f"{k}: {why}" for k, why in edge_notes.items()) + ".", ""]
+    else:
+        lines += ["Every baseline's choice is interior: both neighbours on each ladder were tried and scored no "
+                  "better on validation.", ""]
+    alpha = comp["paired"]["alpha"]
+    lines += ["The beeFormer row minus each other row, per user on the same users: the mean per-user difference "
+              f"± its paired bootstrap stderr (the same resampled users for both rows); verdict at Holm-adjusted "
+              f"p < {alpha} over the table's comparisons (every row, three metrics):", "",
+              *paired_verdicts(comp, lab, trained, rows), ""]
     base = rows.get(MINILM)
     if base is not None:
         gains = {t: rows[trained]["popularity"][f"recall@20_{t}"] - base["popularity"][f"recall@20_{t}"]
@@ -364,13 +404,14 @@ def goodlens_section(r: dict) -> list[str]:
         return [cell(res, m) if res else "-" for m in ("recall@20", "ndcg@100")]
 
     for row, per in cold["results"].items():
-        name = names.get(row, row.removeprefix("baseline:"))
-        if row.startswith("baseline:"):
-            chosen = ", ".join(f"{k}={v}" for k, v in per[parts[0]].get("params", {}).items() if k in spec_grid(row))
-            name += f" ({chosen}; text model MiniLM zero-shot)" if chosen else " (text model MiniLM zero-shot)"
-        lines.append(f"| {name} | {trained_on.get(row, '-')} | "
+        lines.append(f"| {names.get(row, row)} | {trained_on.get(row, '-')} | "
                      + " | ".join(c for p in parts for c in cells(per[p])) + " | "
                      + " | ".join(cells(amazon["results"].get(row, {}).get(amazon_label))) + " |")
+    heater = r.get("heater") or {}
+    if heater:
+        how = "; ".join(f"{shown[p]}: {chosen('baseline:heater', heater[p]).strip(' ()')}" for p in parts if heater.get(p))
+        lines.append(f"| heater ({how}; text model MiniLM zero-shot, 256 tokens; the single-dataset sections' row) | - | "
+                     + " | ".join(c for p in parts for c in cells(heater.get(p))) + " | - | - |")
     lines.append("| *popularity oracle (peeks at the test targets)* | - | "
                  + " | ".join(c for p in parts for c in cells(cold["oracle"][p])) + " | "
                  + " | ".join(cells(amazon["oracle"][amazon_label])) + " |")
@@ -416,13 +457,6 @@ def goodlens_section(r: dict) -> list[str]:
     return lines
 
 
-def spec_grid(row: str) -> set:
-    from beeray.baselines import BASELINES
-
-    name = row.removeprefix("baseline:")
-    return set(BASELINES[name].grid) if name in BASELINES else set()
-
-
 def _fmt(v, digits=3) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
@@ -455,14 +489,16 @@ def page(results: dict[str, dict], old: str = "") -> str:
            "GPU; each section gives the date it was generated (`--only NAME` regenerates one). Every row goes "
            "through the same evaluator "
            "(`beeray/evaluate.py`): same users, same candidates, the user's own items excluded, RecPack's "
-           f"CalibratedRecallK and NDCGK, {BOOTSTRAP} bootstrap resamples of users for the stderr. "
-           "Baselines choose their hyperparameters on the validation split (the grid below, by NDCG@100), "
-           "then are refitted on train + validation for the test split; the beeFormer model is trained on "
-           "train + validation too. R@20 head / middle / tail: of the test targets on the most / middle / least "
+           f"CalibratedRecallK and NDCGK, {BOOTSTRAP} bootstrap resamples of users for the stderr, ties "
+           "broken by one seeded random order of the candidates (the same for every row). "
+           "Baselines choose their hyperparameters on the validation split by NDCG@100 (a climb along the "
+           "ladders below, see there), then are refitted on train + validation for the test split; the "
+           "beeFormer model is trained on train + validation too. R@20 head / middle / tail: of the test targets on the most / middle / least "
            "popular third of the candidates (each third holds a third of the targets), the share found in the "
            "users' top 20; top-20 popularity %ile: how popular the recommended items are among the candidates "
-           "(100 = the most popular). Each encoder is evaluated at its own max_seq_length (zero-shot MiniLM "
-           "at its 256 tokens; a trained model keeps the length it was trained with, shorter here).", "",
+           "(100 = the most popular). Each encoder is evaluated at its own max_seq_length: a trained model at "
+           "the length it was trained with, zero-shot MiniLM both at its own 256 tokens and at the trained "
+           "model's length, so that the comparison at equal length is there too.", "",
            "## How to read these tables", "",
            "The beeFormer rows are what a 2-core CPU affords: one epoch on a subsample of the training users "
            "(10 to 20 optimizer steps, a few minutes to half an hour), MiniLM instead of the paper's MPNet, lr 5e-5 "
@@ -472,10 +508,17 @@ def page(results: dict[str, dict], old: str = "") -> str:
            "gives, and the baselines, which train to convergence on the CPU in seconds to minutes, are at "
            "their best. The comparisons below each table say, in stderr units, where the difference is real.", "",
            "## Baselines and their validation search", "",
-           "| baseline | what it is | searched on validation |", "|---|---|---|"]
+           "Each searched hyperparameter has a ladder of values (`grid` in its module under "
+           "`beeray/baselines/`). The search (`beeray.baselines.search`) starts at the defaults and climbs "
+           "one hyperparameter at a time: the next value up while validation NDCG@100 improves, else "
+           "downwards, in passes until nothing changes. A choice is then either interior (both its neighbours "
+           "were tried and scored no better) or on an end of its ladder, which the tables mark as an edge "
+           "with the reason the ladder stops there. Heater's epochs are chosen while it trains: validation "
+           "is scored as it goes and the best epoch is kept, as its authors do.", "",
+           "| baseline | what it is | searched on validation (ladders; defaults first) |", "|---|---|---|"]
     for name, cls in BASELINES.items():
-        grid = ", ".join(f"{k} ∈ {v}" for k, v in cls.grid.items()) or "nothing"
-        out.append(f"| {name} | {cls.summary} | {grid} |")
+        grid = ", ".join(f"{k} ∈ {v} (from {cls.defaults.get(k, v[len(v) // 2])})" for k, v in cls.grid.items())
+        out.append(f"| {name} | {cls.summary} | {grid or 'nothing'} |")
     out.append("")
     for name in ORDER:
         if name in results:

@@ -61,7 +61,7 @@ def test_hand_case_scores_and_ranking():
 
 def test_hand_case_metrics():
     split = make_split(HAND_SOURCE, HAND_TARGET, 5, HAND_CAND, excluded=2)
-    res = score_split(CBFScorer(HAND_EMB), split, batch_users=2, bootstrap=50)
+    res = score_split(CBFScorer(HAND_EMB), split, batch_users=2, bootstrap=50, ties_seed=None)  # ties by index, as worked out
     assert res["users"] == 3
     assert res["excluded_users"] == 4
     assert res["recall@20"] == pytest.approx(1.0, abs=1e-12)
@@ -91,13 +91,13 @@ TIME_A_NDCG = (1 / np.log2(6) + 1 / np.log2(32) + 1 / np.log2(33)) / (1 + 1 / LO
 
 def test_hand_time_split_recall_and_masking():
     split = make_split(TIME_SOURCE, TIME_TARGET, 33, None)
-    res = score_split(CBFScorer(TIME_EMB), split, bootstrap=10)
+    res = score_split(CBFScorer(TIME_EMB), split, bootstrap=10, ties_seed=None)  # ties by index, as worked out
     assert res["users"] == 2 and res["excluded_users"] == 0
     assert res["recall@20"] == pytest.approx((1 / 3 + 0) / 2, abs=1e-12)
     assert res["recall@50"] == pytest.approx(1.0, abs=1e-12)
     assert res["ndcg@100"] == pytest.approx((TIME_A_NDCG + 0.2) / 2, abs=1e-12)
 
-    unmasked = score_split(CBFScorer(TIME_EMB), split, bootstrap=10, exclude_source=False)
+    unmasked = score_split(CBFScorer(TIME_EMB), split, bootstrap=10, exclude_source=False, ties_seed=None)
     a_unmasked = (1 / np.log2(6) + 1 / np.log2(32) + 1 / np.log2(34)) / (1 + 1 / LOG2_3 + 0.5)
     assert unmasked["ndcg@100"] == pytest.approx((a_unmasked + 1 / np.log2(34)) / 2, abs=1e-12)
 
@@ -117,10 +117,14 @@ def test_top_k_rows_deterministic_ties():
 # ---------------------------------------------------------------- brute-force reference
 
 
-def brute_force(emb, source, target, cand, exclude_source=True):
-    """Dense per-user metrics straight from the formulas (no batching, no RecPack)."""
+def brute_force(emb, source, target, cand, exclude_source=True, ties_seed=0):
+    """Dense per-user metrics straight from the formulas (no batching, no RecPack). Ties: the candidate
+    that comes first in the seeded shuffle default_rng(ties_seed).permutation ranks higher (None: by index)."""
     X, T = source.toarray(), target.toarray()
     cand = np.arange(X.shape[1]) if cand is None else np.asarray(cand)
+    # position of each candidate in the shuffled order
+    tie_key = (np.arange(len(cand)) if ties_seed is None
+               else np.argsort(np.random.default_rng(ties_seed).permutation(len(cand))))
     S = np.maximum(X @ emb @ emb.T - X, 0.0)[:, cand]
     if exclude_source:
         S[X[:, cand] > 0] = -np.inf
@@ -130,7 +134,7 @@ def brute_force(emb, source, target, cand, exclude_source=True):
         if X[u].sum() == 0 or t.sum() == 0:
             excluded += 1
             continue
-        order = np.lexsort((np.arange(len(cand)), -S[u]))  # score desc, then lower index
+        order = np.lexsort((tie_key, -S[u]))  # score desc, then earlier in the shuffled order
         order = order[np.isfinite(S[u, order])]
         rel = t[order]
         n_t = t.sum()
@@ -342,3 +346,30 @@ def test_popularity_report_of_every_result():
     n = np.bincount(stratum[y[keep].indices], minlength=3)
     thirds = [pop["recall@20_head"], pop["recall@20_middle"], pop["recall@20_tail"]]
     assert pop["recall@20_micro"] == pytest.approx(np.dot(n, thirds) / n.sum())
+
+
+def test_ties_are_broken_at_random_not_by_item_index():
+    """An all-ties scorer ranks like a random list: its recall is chance, not the popularity of the items
+    with low indices (here every target is among the 40 lowest of 2,000 candidates)."""
+    from beeray.data.prepared import EvalSplit
+
+    rng = np.random.default_rng(0)
+    n_users, n_items = 3000, 2100
+    cand = np.arange(100, n_items)  # items 0-99 are the users' sources
+    src = sp.csr_matrix((np.ones(n_users), (np.arange(n_users), rng.integers(0, 100, n_users))), shape=(n_users, n_items))
+    tgt = sp.csr_matrix((np.ones(n_users), (np.arange(n_users), 100 + rng.integers(0, 40, n_users))),
+                        shape=(n_users, n_items))
+    split = EvalSplit("test", np.arange(n_users), src, tgt, cand, 0)
+
+    class AllTies:
+        def scores(self, source, candidates):
+            return np.zeros((source.shape[0], candidates.size))
+
+    by_seed = [score_split(AllTies(), split, bootstrap=0, ties_seed=s)["recall@20"] for s in range(20)]
+    # one target per user: recall@20 = the share of users whose target is in the (common) top 20;
+    # a random 20 of 2,000 candidates holds on average 20/2000 x 40 of the 40 popular ones
+    chance = 20 / cand.size
+    assert np.mean(by_seed) == pytest.approx(chance, rel=0.5)
+    assert max(by_seed) < 0.2  # by index the top 20 would be 20 of the 40 targets: recall about 0.5
+    # the order is seeded: the same seed ranks the same (every row of a table shares it)
+    assert score_split(AllTies(), split, bootstrap=0, ties_seed=3)["recall@20"] == by_seed[3]

@@ -3,7 +3,8 @@
 Each baseline is one small module: collaborative filtering for the time split (popularity,
 itemknn, ease, als, elsa, sansa) and text-based models for cold-start items (heater,
 text-popularity, cbf+popularity). `evaluate_baseline` chooses a baseline's hyperparameters on the
-validation split (a small grid, the `grid` of its class, scored by NDCG@100 without bootstrap),
+validation split (NDCG@100 without bootstrap; `search` climbs the ladder of values its class gives
+each hyperparameter until the choice is an interior optimum or an end of the ladder, an `edge`),
 then scores the requested split with exactly the evaluator the encoders use. For the test split
 the chosen configuration is refitted on train + validation (`train_full.parquet`), as `beeray
 tune` retrains its best trial.
@@ -86,11 +87,74 @@ def check_split(cls: type[Baseline], data: PreparedData, which: str, train: sp.c
                           f"cbf+popularity)")
 
 
+def search(cls: type[Baseline], fixed: dict[str, Any], value: Callable[[dict[str, Any]], float],
+           log: Callable[[str], None] = print) -> tuple[dict[str, Any], dict[tuple, float]]:
+    """Choose `cls`'s hyperparameters by coordinate ascent over its ladders (`cls.grid`); `value(params)`
+    is a configuration's validation metric (higher is better). Returns the best configuration and every
+    configuration tried with its value.
+
+    From `cls.start()` each hyperparameter in turn climbs its ladder: the next value up is tried, and
+    the climb goes on while the metric improves strictly; if the first step up does not improve, the
+    same is done downwards. Passes over all hyperparameters repeat until one changes nothing. So each
+    choice either sits between two tried neighbours that score no better (an interior optimum along
+    its axis) or at a ladder's end (reported as an edge, `edges`). Unordered ladders (strings, booleans)
+    try every value. A few fits per hyperparameter instead of the product of all ladders.
+    """
+    ladders = {k: v for k, v in cls.grid.items() if k not in fixed}
+    tried: dict[tuple, float] = {}
+
+    def score(params: dict[str, Any]) -> float:
+        key = tuple(sorted(params.items()))
+        if key not in tried:
+            tried[key] = value(params)
+            if ladders:
+                log(f"  {cls.name} {params}: val {SELECTION_METRIC} {tried[key]:.4f}")
+        return tried[key]
+
+    current = {**{k: v for k, v in cls.start().items() if k in ladders}, **fixed}
+    best = score(current)
+    changed = True
+    while changed:
+        changed = False
+        for key, ladder in ladders.items():
+            ordered = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ladder)
+            steps = [[ladder[j] for j in range(ladder.index(current[key]) + 1, len(ladder))],
+                     [ladder[j] for j in range(ladder.index(current[key]) - 1, -1, -1)]] if ordered \
+                else [[v for v in ladder if v != current[key]]]
+            for direction in steps:
+                moved = False
+                for v in direction:
+                    candidate = {**current, key: v}
+                    got = score(candidate)
+                    if got > best:
+                        best, current, moved, changed = got, candidate, True, True
+                    elif ordered:
+                        break  # the climb stops at the first value that does not improve
+                if moved and ordered:
+                    break  # went up: the value below is where it came from
+    return current, tried
+
+
+def ladder_edges(cls: type[Baseline], chosen: dict[str, Any], fixed: dict[str, Any]) -> dict[str, str]:
+    """The searched hyperparameters whose choice is an end of its (ordered) ladder: "low" or "high"."""
+    out = {}
+    for key, ladder in cls.grid.items():
+        if key in fixed or len(ladder) < 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                      for v in ladder):
+            continue
+        if chosen.get(key) == ladder[0]:
+            out[key] = "low"
+        elif chosen.get(key) == ladder[-1]:
+            out[key] = "high"
+    return out
+
+
 def evaluate_baseline(name: str, data: PreparedData, which: str, *, params: dict | None = None,
                       item_embeddings: Callable[[], np.ndarray] | None = None, seed: int = 0,
                       log: Callable[[str], None] = print, part: str | None = None, **eval_kwargs) -> dict:
-    """Choose `name`'s hyperparameters on validation, then score split `which`; the evaluator's result
-    plus `params` (the chosen ones), `search` (each tried configuration's validation metric) and seconds.
+    """Choose `name`'s hyperparameters on validation (`search`), then score split `which`; the evaluator's
+    result plus `params` (every setting of the scored model), `search` (each tried configuration's
+    validation metric), `edges` (choices on an end of their ladder) and seconds.
     `seed` seeds the baseline's own randomness and the bootstrap. `part`: one dataset of a multi-dataset
     folder, whose validation split then chooses the hyperparameters and whose test split is scored (the
     baseline still learns from the whole folder's training file, as a model trained on it does)."""
@@ -99,35 +163,46 @@ def evaluate_baseline(name: str, data: PreparedData, which: str, *, params: dict
     cls = get(name)
     if cls.needs == "text" and item_embeddings is None:
         raise BeerayError(f"baseline {name} ranks items from their texts: it needs item embeddings (--text-model)")
-    params = dict(params or {})
-    grid = [{**combo, **params} for combo in cls.param_grid()]
-    grid = [dict(t) for t in dict.fromkeys(tuple(sorted(g.items())) for g in grid)]  # fixed params collapse it
+    fixed = dict(params or {})
     t0 = time.perf_counter()
     val_train = training_matrix(data, "val")
     check_split(cls, data, "val", val_train, part)
     val_split = data.eval_split("val", part)
-    search = []
-    best, best_value, best_model = None, -np.inf, None
-    for combo in grid:
-        model = cls(**combo).fit(Context(data, "val", val_train, item_embeddings, seed))
-        value = score_split(model, val_split, bootstrap=0, **{k: v for k, v in eval_kwargs.items()
-                                                               if k == "batch_users"})[SELECTION_METRIC]
-        search.append({"params": combo, f"val_{SELECTION_METRIC}": value})
-        if len(grid) > 1:
-            log(f"  {name} {combo}: val {SELECTION_METRIC} {value:.4f}")
-        if value > best_value:
-            best, best_value, best_model = combo, value, model
+    batch = {k: v for k, v in eval_kwargs.items() if k == "batch_users"}
+
+    def validate(model: Baseline) -> float:
+        return score_split(model, val_split, bootstrap=0, **batch)[SELECTION_METRIC]
+
+    # Only the best fitted model is kept (an EASE of 10^4 items is 800 MB); the values of all are.
+    kept: dict[str, Any] = {"value": -np.inf, "model": None}
+    search_log: list[dict] = []
+
+    def value(combo: dict[str, Any]) -> float:
+        model = cls(**combo).fit(Context(data, "val", val_train, item_embeddings, seed, validate=validate))
+        got = validate(model)
+        search_log.append({"params": combo, f"val_{SELECTION_METRIC}": got,
+                           **({"trained": model.trained} if getattr(model, "trained", None) else {})})
+        if got > kept["value"]:
+            kept.update(value=got, model=model)
+        return got
+
+    chosen, _ = search(cls, fixed, value, log)
+    best_model = kept["model"]
+    # A baseline may fix more while it trains (heater: its best epoch, `trained_edges` when that is the
+    # last epoch allowed): the test refit takes every setting.
+    edges = {**ladder_edges(cls, chosen, fixed), **getattr(best_model, "trained_edges", {})}
     if which == "test":
         test_train = training_matrix(data, "test")
         check_split(cls, data, "test", test_train, part)
-        best_model = cls(**best).fit(Context(data, "test", test_train, item_embeddings, seed))
+        best_model = cls(**best_model.params).fit(Context(data, "test", test_train, item_embeddings, seed))
     fit_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     result = score_split(best_model, data.eval_split(which, part), seed=seed, **eval_kwargs)
     return {"model": f"baseline:{name}", "data": str(data.root), "split": which,
             **({"part": part or JOINT} if data.parts else {}), **result,
-            "params": {**best_model.params}, "search": search, "fit_s": fit_s, "score_s": time.perf_counter() - t1}
+            "params": {**best_model.params}, "search": search_log, "edges": edges, "fit_s": fit_s,
+            "score_s": time.perf_counter() - t1}
 
 
-__all__ = ["BASELINES", "Baseline", "Context", "get", "parse_params", "evaluate_baseline", "training_matrix",
-           "check_split"]
+__all__ = ["BASELINES", "Baseline", "Context", "get", "parse_params", "evaluate_baseline", "search", "ladder_edges",
+           "training_matrix", "check_split"]

@@ -16,7 +16,11 @@ from beeray.baselines.base import Baseline, Context
 class ALS(Baseline):
     name = "als"
     needs = "interactions"
-    grid = {"factors": [64, 256], "regularization": [0.01, 1.0], "alpha": [1.0, 10.0]}
+    grid = {"factors": [16, 32, 64, 128, 256, 512, 1024], "regularization": [0.001, 0.01, 0.1, 1.0, 10.0, 100.0],
+            "alpha": [0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0]}
+    edges = {"factors": "over 1,024 factors a fit outgrows the 2-core CPU this page runs on",
+             "regularization": "0.001 to 100: a factor of 10^5 around implicit's default 0.01",
+             "alpha": "confidence 1 + alpha x from 0.3 (nearly unweighted) to 300"}
     defaults = {"factors": 64, "regularization": 0.01, "alpha": 1.0, "iterations": 15}
     summary = "implicit's AlternatingLeastSquares (confidence 1 + alpha x), user factors solved from the history"
 

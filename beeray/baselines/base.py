@@ -31,6 +31,10 @@ class Context:
     train: sp.csr_matrix  # users x items, binary float32
     item_embeddings: Callable[[], np.ndarray] = field(repr=False, default=None)  # n_items x d, rows L2-normalised
     seed: int = 0
+    # Only while fitting for the validation search: scores a (partly trained) baseline on the validation
+    # split (NDCG@100). A baseline trained in epochs (heater) uses it to keep its best epoch, as its
+    # authors do; everything else ignores it.
+    validate: Callable[["Baseline"], float] | None = field(repr=False, default=None)
 
     @property
     def train_counts(self) -> np.ndarray:
@@ -42,13 +46,16 @@ class Baseline:
     """A baseline: `fit(context)` once, then `scores(source, candidates)` for batches of users.
 
     Subclasses set `name`, `needs` ("interactions": scores come from the candidates' training
-    interactions, so it cannot rank cold items; "text": scores come from item texts) and `grid`,
-    the small validation search of their hyperparameters (`defaults` outside the search).
+    interactions, so it cannot rank cold items; "text": scores come from item texts), `grid`, one
+    ladder per searched hyperparameter (its values in order, searched on validation by
+    `beeray.baselines.search`, starting from `defaults`), and `edges`: per hyperparameter, why its
+    ladder ends where it does (shown when the choice lands on an end).
     """
 
     name: ClassVar[str] = ""
     needs: ClassVar[str] = "interactions"
     grid: ClassVar[dict[str, list]] = {}
+    edges: ClassVar[dict[str, str]] = {}
     defaults: ClassVar[dict[str, Any]] = {}
     summary: ClassVar[str] = ""
 
@@ -62,12 +69,9 @@ class Baseline:
         raise NotImplementedError
 
     @classmethod
-    def param_grid(cls) -> list[dict[str, Any]]:
-        """Every combination of the grid's values (one empty dict when nothing is searched)."""
-        combos: list[dict[str, Any]] = [{}]
-        for key, values in cls.grid.items():
-            combos = [{**c, key: v} for c in combos for v in values]
-        return combos
+    def start(cls) -> dict[str, Any]:
+        """Where the search starts: each ladder at its default (the ladder's middle when it has none)."""
+        return {k: cls.defaults[k] if cls.defaults.get(k) in v else v[len(v) // 2] for k, v in cls.grid.items()}
 
 
 def dense_columns(scores: sp.spmatrix, candidates: np.ndarray) -> np.ndarray:

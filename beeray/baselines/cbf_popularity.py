@@ -20,7 +20,10 @@ from beeray.evaluate import CBFScorer
 class CBFPopularity(Baseline):
     name = "cbf+popularity"
     needs = "text"
-    grid = {"lam": [0.0, 0.03, 0.1, 0.3, 1.0], "alpha": [1.0, 10.0, 100.0]}
+    grid = {"lam": [0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0],
+            "alpha": [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0]}
+    edges = {"lam": "0 is plain CBF (no popularity); at 10 the popularity term ranks nearly alone",
+             "alpha": "ridge strength 0.01 (least squares) to 10^5 (every item predicted the mean popularity)"}
     defaults = {"lam": 0.1, "alpha": 10.0}
     summary = "CBF score / history length + lambda x z-scored text popularity"
 

@@ -11,8 +11,9 @@ from beeray.baselines.base import Baseline, Context, dense_columns
 class EASE(Baseline):
     name = "ease"
     needs = "interactions"
-    grid = {"l2": [10.0, 100.0, 500.0, 2000.0]}
-    defaults = {"l2": 500.0}
+    grid = {"l2": [1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0, 30000.0]}
+    edges = {"l2": "1 to 30,000: from almost no penalty to one that leaves little of the item-item weights"}
+    defaults = {"l2": 300.0}
     summary = "RecPack EASE, item-item weights in closed form with L2 penalty l2"
 
     def fit(self, ctx: Context) -> "EASE":

@@ -11,7 +11,8 @@ from beeray.baselines.base import Baseline, Context, dense_columns
 class ItemKNN(Baseline):
     name = "itemknn"
     needs = "interactions"
-    grid = {"K": [50, 200, 1000]}
+    grid = {"K": [25, 50, 100, 200, 400, 800, 1600, 3200]}
+    edges = {"K": "25 to 3,200 neighbours: below, too few to reach every candidate; above, close to every warm item"}
     defaults = {"K": 200, "similarity": "cosine", "normalize_sim": False}
     summary = "RecPack ItemKNN, cosine similarity of item columns, K neighbours per item"
 

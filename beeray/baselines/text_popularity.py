@@ -29,7 +29,8 @@ def predicted_popularity(ctx: Context, alpha: float) -> np.ndarray:
 class TextPopularity(Baseline):
     name = "text-popularity"
     needs = "text"
-    grid = {"alpha": [0.1, 1.0, 10.0, 100.0]}
+    grid = {"alpha": [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0]}
+    edges = {"alpha": "ridge strength 0.01 (least squares) to 10^5 (every item predicted the mean popularity)"}
     defaults = {"alpha": 10.0}
     summary = "ridge from frozen text embeddings to log(1 + training interactions); one list for all users"
 

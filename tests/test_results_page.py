@@ -26,3 +26,37 @@ def test_sections_without_runs_are_kept_verbatim_and_every_data_set_has_markers(
     assert regenerated.count("<!-- section ") == len([k for k in blocks if k[0] == "section"])
     # a block without its closing marker is not taken
     assert results.kept_blocks("<!-- section ml -->\ntext\n") == {}
+
+
+def test_a_section_marks_edges_and_gives_paired_verdicts():
+    """A data set's table: a choice on an end of its ladder is marked with the ladder's reason, the
+    zero-shot row at the trained length is labelled, and every row gets a paired, Holm-adjusted verdict
+    against the beeFormer row (compare stores row minus reference; the page shows beeFormer minus row)."""
+    from beeray.baselines import BASELINES
+
+    results = load_results()
+    model = "/runs/x/beeformer/model"
+    metrics = {"recall@20": 0.2, "recall@50": 0.3, "ndcg@100": 0.25,
+               "stderr": {"recall@20": 0.01, "recall@50": 0.01, "ndcg@100": 0.01},
+               "popularity": {"recall@20_head": 0.1, "recall@20_middle": 0.1, "recall@20_tail": 0.1,
+                              "popularity_percentile@20": 50.0}}
+    rows = {"all-MiniLM-L6-v2": metrics, "/runs/results/minilm-msl64": metrics, model: metrics,
+            "baseline:itemknn": {**metrics, "params": {"K": 3200, "similarity": "cosine"}, "edges": {"K": "high"}},
+            "baseline:ease": {**metrics, "params": {"l2": 300.0}, "edges": {}}}
+    cell = {"diff": -0.05, "stderr": 0.01, "p_holm": 0.001, "verdict": "worse"}
+    paired = {name: {m: dict(cell) for m in ("recall@20", "recall@50", "ndcg@100")} for name in rows if name != model}
+    paired["baseline:ease"]["recall@20"] = {"diff": 0.004, "stderr": 0.01, "p_holm": 0.7, "verdict": "no clear difference"}
+    comp = {"datasets": {"shop": {}}, "results": {name: {"shop": res} for name, res in rows.items()},
+            "oracle": {"shop": metrics}, "paired": {"alpha": 0.05, "by_reference": {model: {"shop": paired}}}}
+    r = {"spec": {**results.DATASETS["ml"], "baselines": ["itemknn", "ease"]}, "compare": comp,
+         "stats": {"users": 10, "items": 20, "interactions": 30,
+                   "split": {"test": {"users": 5}, "test_items": 7, "train_full_users": 64}},
+         "timing": {"train": 60.0}, "train_config": {"epochs": 1, "batch_size": 64, "m": 256, "max_seq_length": 64,
+                                                     "lr": 5e-5}}
+    text = "\n".join(results.section(r))
+    assert "| itemknn (K=3200 (**edge: high**))" in text
+    assert BASELINES["itemknn"].edges["K"] in text  # why the ladder stops there
+    assert "| ease (l2=300.0) |" in text
+    assert "MiniLM zero-shot (CBF), 64 tokens" in text and "MiniLM zero-shot (CBF), 256 tokens" in text
+    assert "- against itemknn: Recall@20 +0.0500 ± 0.0100 (better, p_holm 0.001)" in text
+    assert "- against ease: Recall@20 -0.0040 ± 0.0100 (no clear difference, p_holm 0.7)" in text

@@ -501,12 +501,21 @@ def page(results: dict[str, dict], old: str = "") -> str:
            "model's length, so that the comparison at equal length is there too.", "",
            "## How to read these tables", "",
            "The beeFormer rows are what a 2-core CPU affords: one epoch on a subsample of the training users "
-           "(10 to 20 optimizer steps, a few minutes to half an hour), MiniLM instead of the paper's MPNet, lr 5e-5 "
-           "instead of 1e-5 because so few steps are taken. The paper trains for 5 epochs of 1,024 users with "
-           "m = 10,000 on GPUs; on one H100 the same code lifted MiniLM on this Goodbooks subset to test "
-           "Recall@20 0.36-0.40 in 220 steps (issue 15). So these rows are a lower bound of what the method "
-           "gives, and the baselines, which train to convergence on the CPU in seconds to minutes, are at "
-           "their best. The comparisons below each table say, in stderr units, where the difference is real.", "",
+           "(10 to 20 optimizer steps), MiniLM instead of the paper's MPNet, lr 5e-5 instead of 1e-5 because so "
+           "few steps are taken, AdamW (the reference's Nadam is `optimizer: nadam`). The paper trains for 5 "
+           "epochs of 1,024 users with m = 10,000 on GPUs; on one H100 the same code lifted MiniLM on this "
+           "Goodbooks subset to test Recall@20 0.36-0.40 in 220 steps (issue 15). So these rows are a lower "
+           "bound of what the method gives. The baselines are trained as their authors train them (ELSA by "
+           "the authors' `elsarec`, Heater on its authors' schedule with the best epoch kept, SANSA by its "
+           "authors' package) and choose their hyperparameters on validation until the choice is interior "
+           "or an end of a ladder the table marks. Below each table, every row is compared with the beeFormer "
+           "row per user on the same users (paired bootstrap, Holm-adjusted over the table): that, not the "
+           "overlap of the ± columns, says where a difference is real. A section dated before 2026-12-02 was "
+           "generated under the earlier protocol (ties to the lower item index, two- to four-value grids, "
+           "beeray's own ELSA loss, Heater at 10 or 30 epochs, unpaired comparisons) until `make results` "
+           "regenerates it. Seconds and minutes are wall time: the sections generated on 2026-12-02 ran while "
+           "other jobs shared the two cores (Amazon's beeFormer training took 29.5 minutes, against 8.5 alone "
+           "on 2026-11-25), so read their times as upper bounds.", "",
            "## Baselines and their validation search", "",
            "Each searched hyperparameter has a ladder of values (`grid` in its module under "
            "`beeray/baselines/`). The search (`beeray.baselines.search`) starts at the defaults and climbs "

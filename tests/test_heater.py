@@ -80,6 +80,10 @@ def test_a_best_last_epoch_is_an_edge_and_the_last_epoch_is_always_validated(ser
     model = Heater(epochs=6, eval_every=4, **SMALL).fit(context(series, fake))
     assert list(model.trained["val_ndcg@100"]) == ["4", "6"]
     assert model.params["epochs"] == 6 and model.trained_edges == {"epochs": "high"}
+    # a best first validation is the other end: nothing earlier was scored
+    fake = Curve(series, every=2, curve=lambda epoch: -epoch)
+    model = Heater(epochs=10, eval_every=2, patience=2, **SMALL).fit(context(series, fake))
+    assert model.params["epochs"] == 2 and model.trained_edges == {"epochs": "low"}
 
 
 def test_patience_stops_after_that_many_validations_without_improvement(series):

@@ -409,7 +409,8 @@ def goodlens_section(r: dict) -> list[str]:
                      + " | ".join(cells(amazon["results"].get(row, {}).get(amazon_label))) + " |")
     heater = r.get("heater") or {}
     if heater:
-        how = "; ".join(f"{shown[p]}: {chosen('baseline:heater', heater[p]).strip(' ()')}" for p in parts if heater.get(p))
+        how = "; ".join(f"{shown[p]}: {chosen('baseline:heater', heater[p])[2:-1]}" for p in parts if heater.get(p))
+        how += "".join(f"; {shown[p]}: not yet rerun" for p in parts if not heater.get(p))
         lines.append(f"| heater ({how}; text model MiniLM zero-shot, 256 tokens; the single-dataset sections' row) | - | "
                      + " | ".join(c for p in parts for c in cells(heater.get(p))) + " | - | - |")
     lines.append("| *popularity oracle (peeks at the test targets)* | - | "

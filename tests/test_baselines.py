@@ -127,19 +127,25 @@ def test_text_popularity_recovers_popularity_written_in_the_text(tmp_path):
         RandomScorer(), data.eval_split("test"), bootstrap=0)["recall@20"]
 
 
+def write_series(path, *, n_items: int, n_groups: int, n_users: int, words: list[str], words_per_text: int,
+                 per_user: int, cold: int):
+    """An item split where users buy within one or two product series and an item's text names its series."""
+    rng = np.random.default_rng(0)
+    group = rng.integers(n_groups, size=n_items)
+    texts = [f"series{g} " + " ".join(rng.choice(words, words_per_text)) for g in group]
+    users = []
+    for _ in range(n_users):
+        pool = np.flatnonzero(np.isin(group, rng.choice(n_groups, size=rng.integers(1, 3), replace=False)))
+        users.append(np.sort(rng.choice(pool, size=min(per_user, pool.size), replace=False)))
+    return write_item_split(path, texts, users, seed=1, cold=cold)
+
+
 def test_heater_learns_cold_items_from_text(tmp_path):
     """Users buy within one or two product series, and an item's text names its series: Heater must map a
     cold item's text into the collaborative space next to its series."""
-    rng = np.random.default_rng(0)
-    n_items, n_groups = 600, 20
-    group = rng.integers(n_groups, size=n_items)
-    words = "red blue green lamp chair table sofa rug shelf desk vase mirror".split()
-    texts = [f"series{g} " + " ".join(rng.choice(words, 4)) for g in group]
-    users = []
-    for _ in range(600):
-        pool = np.flatnonzero(np.isin(group, rng.choice(n_groups, size=rng.integers(1, 3), replace=False)))
-        users.append(np.sort(rng.choice(pool, size=min(12, pool.size), replace=False)))
-    data = write_item_split(tmp_path / "series", texts, users, seed=1, cold=150)
+    data = write_series(tmp_path / "series", n_items=600, n_groups=20, n_users=600, per_user=12, cold=150,
+                        words="red blue green lamp chair table sofa rug shelf desk vase mirror".split(),
+                        words_per_text=4)
     emb = bag_of_words(data)
     res = evaluate_baseline("heater", data, "test", params={"epochs": 10, "factors": 32},
                             item_embeddings=lambda: emb, log=lambda m: None, **FAST)

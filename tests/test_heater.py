@@ -12,7 +12,7 @@ import torch
 from beeray.baselines import evaluate_baseline, training_matrix
 from beeray.baselines.base import Context
 from beeray.baselines.heater import Heater, HeaterNet, sgd
-from tests.test_baselines import bag_of_words, write_item_split
+from tests.test_baselines import bag_of_words, write_series
 
 SMALL = {"factors": 16, "batch_size": 256}
 
@@ -20,16 +20,9 @@ SMALL = {"factors": 16, "batch_size": 256}
 @pytest.fixture(scope="module")
 def series(tmp_path_factory):
     """Users buy within one or two product series, and an item's text names its series (an item split)."""
-    rng = np.random.default_rng(0)
-    n_items, n_groups = 240, 12
-    group = rng.integers(n_groups, size=n_items)
-    words = "red blue green lamp chair table sofa rug".split()
-    texts = [f"series{g} " + " ".join(rng.choice(words, 3)) for g in group]
-    users = []
-    for _ in range(240):
-        pool = np.flatnonzero(np.isin(group, rng.choice(n_groups, size=rng.integers(1, 3), replace=False)))
-        users.append(np.sort(rng.choice(pool, size=min(10, pool.size), replace=False)))
-    data = write_item_split(tmp_path_factory.mktemp("heater") / "series", texts, users, seed=1, cold=40)
+    data = write_series(tmp_path_factory.mktemp("heater") / "series", n_items=240, n_groups=12, n_users=240,
+                        per_user=10, cold=40, words="red blue green lamp chair table sofa rug".split(),
+                        words_per_text=3)
     return data, bag_of_words(data, dim=64)
 
 

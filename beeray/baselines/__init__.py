@@ -87,6 +87,11 @@ def check_split(cls: type[Baseline], data: PreparedData, which: str, train: sp.c
                           f"cbf+popularity)")
 
 
+def _ordered(ladder: list) -> bool:
+    """A ladder of numbers is climbed in order and has ends; one of strings or booleans is a set of choices."""
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ladder)
+
+
 def search(cls: type[Baseline], fixed: dict[str, Any], value: Callable[[dict[str, Any]], float],
            log: Callable[[str], None] = print) -> tuple[dict[str, Any], dict[tuple, float]]:
     """Choose `cls`'s hyperparameters by coordinate ascent over its ladders (`cls.grid`); `value(params)`
@@ -117,7 +122,7 @@ def search(cls: type[Baseline], fixed: dict[str, Any], value: Callable[[dict[str
     while changed:
         changed = False
         for key, ladder in ladders.items():
-            ordered = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ladder)
+            ordered = _ordered(ladder)
             steps = [[ladder[j] for j in range(ladder.index(current[key]) + 1, len(ladder))],
                      [ladder[j] for j in range(ladder.index(current[key]) - 1, -1, -1)]] if ordered \
                 else [[v for v in ladder if v != current[key]]]
@@ -139,8 +144,7 @@ def ladder_edges(cls: type[Baseline], chosen: dict[str, Any], fixed: dict[str, A
     """The searched hyperparameters whose choice is an end of its (ordered) ladder: "low" or "high"."""
     out = {}
     for key, ladder in cls.grid.items():
-        if key in fixed or len(ladder) < 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                      for v in ladder):
+        if key in fixed or len(ladder) < 2 or not _ordered(ladder):
             continue
         if chosen.get(key) == ladder[0]:
             out[key] = "low"

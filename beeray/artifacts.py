@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from beeray import files
 from beeray.metrics import METRICS, VAL_METRICS
 from beeray.files import save_figure, write_csv, write_text
 
@@ -151,8 +152,8 @@ BEEFORMER_BIBTEX = """@inproceedings{vancura2024beeformer,
 
 def hub_model_id(name: str) -> str | None:
     """The Hub id of a base model as beeray names it (`all-MiniLM-L6-v2` -> `sentence-transformers/all-MiniLM-L6-v2`,
-    the way sentence-transformers resolves a bare name); None for a local folder, whose Hub id is unknown."""
-    if not name or Path(name).expanduser().exists():
+    the way sentence-transformers resolves a bare name); None for a local folder or a URL, whose Hub id is unknown."""
+    if not name or files.is_url(name) or Path(name).expanduser().exists():
         return None
     if "/" in name:
         return name if name.count("/") == 1 else None

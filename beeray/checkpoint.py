@@ -62,8 +62,10 @@ def resolve_resume(out: str | Path, state: str, resume: bool | str, what: str = 
     """
     if resume != "auto":
         return bool(resume)
-    folder = Path(out).expanduser().resolve()
-    started = (folder / state).exists()
+    from beeray import files
+
+    folder = str(out) if files.is_url(out) else Path(out).expanduser().resolve()
+    started = files.remote_exists(folder, state) if files.is_url(out) else (folder / state).exists()
     news = f"{folder} holds a {what}: resuming it" if started else f"no {what} in {folder} yet: starting one"
     print(f"beeray: --resume auto: {news}", flush=True)
     return started

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
+from beeray import files
 from beeray.errors import BeerayError
 from beeray.metrics import VAL_METRICS
 from beeray.models import DEFAULT_MODEL
@@ -459,8 +460,11 @@ def load_tune_config(path: str | Path, out: str | None = None) -> TuneConfig:
     if out:
         cfg.train.out = out
     # Trials run in Ray's session directory: every path they get must be absolute.
-    cfg.train.data = str(Path(cfg.train.data).expanduser().resolve())
-    cfg.train.out = str(Path(cfg.train.out).expanduser().resolve())
+    # Relative folders resolved against this process's working directory; object-storage URLs stay as given.
+    if not files.is_url(cfg.train.data):
+        cfg.train.data = str(Path(cfg.train.data).expanduser().resolve())
+    if not files.is_url(cfg.train.out):
+        cfg.train.out = str(Path(cfg.train.out).expanduser().resolve())
     return cfg
 
 

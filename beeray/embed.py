@@ -19,7 +19,9 @@ the GPU is not left waiting for one CPU. Layout of OUT:
 Resumable: a shard file is written only when complete, and a re-run with the same model, catalog,
 shard size, dtype and precision keeps every shard whose digest (its ids and texts) is unchanged, so a killed
 run continues where it stopped and a catalog that grew re-encodes only the shards that changed.
-On a cluster OUT must be storage that every node can write (NFS, a mounted bucket).
+On a cluster OUT must be storage that every node can write: object storage (s3://bucket/prefix, the
+actors upload their shards there; embed.json with "complete": true is written last, so a reader
+never takes a half-written OUT), or a shared file system.
 """
 
 from __future__ import annotations
@@ -45,8 +47,13 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # beeray/precision.py; fp32 = no 
 BATCH_SIZE = {"cpu": 64, "gpu": 512}  # default texts per encoder batch: a GPU needs large ones to be busy
 
 
+def shard_name(k: int) -> str:
+    return f"{SHARDS}/part-{k:05d}.parquet"
+
+
 def shard_path(out: Path, k: int) -> Path:
-    return out / SHARDS / f"part-{k:05d}.parquet"
+    """Shard k of a local OUT."""
+    return Path(out) / shard_name(k)
 
 
 def shard_digest(ids, texts) -> str:
@@ -81,7 +88,7 @@ class ShardEncoder:
         self.model = load_model(model, device=device, trust_remote_code=trust_remote_code)
         self.model.eval()
         self.precision = resolve(precision, device)
-        self.out, self.dtype, self.batch_size = Path(out), DTYPES[dtype], batch_size
+        self.out, self.dtype, self.batch_size = files.Folder(out), DTYPES[dtype], batch_size
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Unit-norm float32 rows of `texts`, the model's forward under this actor's autocast."""
@@ -102,8 +109,7 @@ class ShardEncoder:
             flat = pa.array(emb.reshape(-1), type=pa.from_numpy_dtype(self.dtype))
             table = pa.table({"item_id": pa.array(ids, pa.string()),
                               "embedding": pa.FixedSizeListArray.from_arrays(flat, emb.shape[1])})
-            with files.atomic_path(shard_path(self.out, k)) as tmp:
-                pq.write_table(table, tmp)
+            self.out.write_with(shard_name(k), lambda tmp: pq.write_table(table, tmp))
             shards.append(k)
             rows.append(len(ids))
             seconds.append(time.perf_counter() - t0)
@@ -137,14 +143,14 @@ def embed(model: str, items: ItemTexts, out: str | Path, *, shard_size: int = 10
         raise BeerayError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if precision not in PRECISIONS:
         raise BeerayError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    out = Path(out).expanduser().resolve()
+    out = files.Folder(out)
     shards = plan(items, shard_size)
     manifest = {"model": resolve_model(model), "items": items.source, "rows": len(items), "shard_size": shard_size,
                 "dtype": dtype, "precision": precision, "shards": [d for _, _, d in shards],
                 "skipped_rows": len(items.skipped), "complete": False}
-    old = out / MANIFEST
-    before = json.loads(old.read_text()) if old.exists() else {**manifest, "shards": []}
-    if old.exists():
+    exists = out.exists(MANIFEST)
+    before = json.loads(out.read_text(MANIFEST)) if exists else {**manifest, "shards": []}
+    if exists:
         # A folder from before precision was recorded was encoded in float32.
         before.setdefault("precision", "fp32")
         changed = [k for k in ("model", "shard_size", "dtype", "precision") if before.get(k) != manifest[k]]
@@ -152,14 +158,14 @@ def embed(model: str, items: ItemTexts, out: str | Path, *, shard_size: int = 10
             raise BeerayError(f"{out} holds embeddings made with another {', '.join(changed)} "
                               f"({', '.join(f'{k}={before.get(k)!r}' for k in changed)}): choose another --out")
     done = {k for k, (_, _, d) in enumerate(shards)
-            if k < len(before["shards"]) and before["shards"][k] == d and shard_path(out, k).exists()}
-    (out / SHARDS).mkdir(parents=True, exist_ok=True)
-    for partial in (out / SHARDS).glob(".part-*.tmp"):
-        partial.unlink()  # a shard a killed run was writing
-    for stale in (out / SHARDS).glob("part-*.parquet"):
-        if int(stale.stem.removeprefix("part-")) not in done:
-            stale.unlink()  # a shard of other texts, or beyond the catalog's new end
-    files.write_json(old, manifest)
+            if k < len(before["shards"]) and before["shards"][k] == d and out.exists(shard_name(k))}
+    for name in out.names(SHARDS):
+        if name.startswith(".part-") and name.endswith(".tmp"):
+            out.delete(f"{SHARDS}/{name}")  # a shard a killed run was writing (local disk)
+        elif name.startswith("part-") and name.endswith(".parquet") and \
+                int(name.removeprefix("part-").removesuffix(".parquet")) not in done:
+            out.delete(f"{SHARDS}/{name}")  # a shard of other texts, or beyond the catalog's new end
+    write_manifest(out, manifest)
     pending = [k for k in range(len(shards)) if k not in done]
     log(f"embedding {len(items):,} items in {len(shards)} shards of {shard_size:,}: {len(done)} already done, "
         f"{len(pending)} to encode with {workers} encoder actor(s)")
@@ -185,41 +191,48 @@ def embed(model: str, items: ItemTexts, out: str | Path, *, shard_size: int = 10
             log(f"shard {int(row['shard'])} written ({int(row['rows']):,} items, {row['seconds']:.1f} s); "
                 f"{encoded:,}/{len(items):,} items this run, {rate:,.0f} items/s")
     seconds = time.perf_counter() - t0
-    missing = [k for k in range(len(shards)) if not shard_path(out, k).exists()]
+    missing = [k for k in range(len(shards)) if not out.exists(shard_name(k))]
     if missing:
         raise BeerayError(f"{out}: shards {missing[:5]} were not written; re-run to finish them")
-    dim = pq.read_schema(shard_path(out, 0)).field("embedding").type.list_size
+    with out.open(shard_name(0)) as fh:
+        dim = pq.read_schema(fh).field("embedding").type.list_size
     manifest.update(complete=True, dim=int(dim), encoded_this_run=encoded, seconds_this_run=round(seconds, 3),
                     items_per_s=round(encoded / seconds, 1) if encoded else None)
     if build_index:
         write_index(out, len(shards))
         manifest["index"] = INDEX
-    files.write_json(old, manifest)
+    write_manifest(out, manifest)  # "complete": true, written last
     return manifest
 
 
+def write_manifest(out: files.Folder, manifest: dict) -> None:
+    out.write_text(MANIFEST, json.dumps(manifest, indent=2, default=float) + "\n")
+
+
 def load_embeddings(out: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(item ids, float32 embeddings) of a complete `beeray embed` folder, rows in shard order."""
-    out = Path(out).expanduser()
-    if not (out / MANIFEST).is_file():
+    """(item ids, float32 embeddings) of a complete `beeray embed` folder (or URL), rows in shard order."""
+    out = files.Folder(out, "--embeddings")
+    if not out.exists(MANIFEST):
         raise BeerayError(f"{out}: no {MANIFEST} (not a `beeray embed` output folder)")
-    manifest = json.loads((out / MANIFEST).read_text())
+    manifest = json.loads(out.read_text(MANIFEST))
     if not manifest.get("complete"):
         raise BeerayError(f"{out}: the embedding run did not finish; re-run `beeray embed` to complete it")
     return _read_shards(out, len(manifest["shards"]))
 
 
-def _read_shards(out: Path, n_shards: int) -> tuple[np.ndarray, np.ndarray]:
+def _read_shards(out: files.Folder | Path, n_shards: int) -> tuple[np.ndarray, np.ndarray]:
+    out = out if isinstance(out, files.Folder) else files.Folder(out)
     ids, rows = [], []
     for k in range(n_shards):
-        table = pq.read_table(shard_path(out, k))
+        with out.open(shard_name(k)) as fh:
+            table = pq.read_table(fh)
         ids.append(np.asarray(table.column("item_id").to_pylist(), dtype=object))
         col = table.column("embedding").combine_chunks()
         rows.append(col.values.to_numpy().reshape(len(col), col.type.list_size).astype(np.float32))
     return np.concatenate(ids), np.concatenate(rows)
 
 
-def write_index(out: Path, n_shards: int) -> None:
+def write_index(out: files.Folder, n_shards: int) -> None:
     """An exact inner-product FAISS index over the embeddings (cosine: the rows have unit norm)."""
     try:
         import faiss
@@ -228,5 +241,4 @@ def write_index(out: Path, n_shards: int) -> None:
     _, emb = _read_shards(out, n_shards)
     index = faiss.IndexFlatIP(emb.shape[1])
     index.add(emb)
-    with files.atomic_path(out / INDEX) as tmp:
-        faiss.write_index(index, str(tmp))
+    out.write_with(INDEX, lambda tmp: faiss.write_index(index, str(tmp)))

@@ -5,17 +5,26 @@ The bottom of the package's I/O (it imports nothing of beeray but its errors): e
 is written to a temporary sibling and renamed into place (a rename within one folder is atomic on
 POSIX file systems); a folder is built beside its destination and then swapped in. The run-folder
 layout (`prepare_run_dir`) lives here too.
+
+Object storage (s3://, gs://, ...: any URL pyarrow's filesystems open) has objects, not files: one
+appears whole when its upload completes, and there is no folder rename. A command whose output is a
+URL writes its files to a local staging folder (`output_dir`), Ray keeps its state in the bucket
+(`ray_storage`), and `publish` uploads the folder with a marker, `_COMPLETE.json`, written last;
+`fetch_dir` (behind every reader that accepts a URL) refuses a folder without one. `Folder` is a
+folder written file by file (embed's shards), local or remote.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -26,29 +35,269 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
+URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+SCHEMES = frozenset({"s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss"})  # pyarrow.fs.FileSystem.from_uri's
+MARKER = "_COMPLETE.json"  # written last into an uploaded folder: the folder is finished (see publish)
+
+
+def is_url(value: str | Path) -> bool:
+    return bool(URL.match(str(value)))
+
+
 def local_path(value: str | Path, what: str = "--out") -> Path:
     """`value` as a local (or mounted) path; a URL (s3://, gs://, ...) is refused in one line, where
     pathlib would silently turn "s3://bucket/run" into a local folder "s3:/bucket/run"."""
     text = str(value)
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:/", text):
-        raise BeerayError(f"{what} {text}: a URL; beeray reads and writes local or mounted (NFS/EFS) folders "
-                          "only, object storage is not supported yet (docs/cluster.md, section 5)")
+    if is_url(text) or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:/", text):
+        raise BeerayError(f"{what} {text}: a URL; here beeray reads and writes local or mounted folders only "
+                          "(object storage: --out of train, tune and embed, --data of train and tune, --model; "
+                          "docs/cluster.md, section 5)")
     return Path(text)
 
 
-def path_arg(what: str, kind: type = str):
-    """An argparse `type` that accepts local paths only (`local_path`), so a URL fails before anything
-    runs; the value comes back as `kind` (str or Path)."""
+def path_arg(what: str, kind: type = str, urls: bool = False):
+    """An argparse `type` for a path: local only (`local_path`), so that a URL fails before anything
+    runs, unless `urls` (then an object-storage URL is accepted too and checked by `remote_fs`); the
+    value comes back as `kind` (str or Path; a URL always as str)."""
     import argparse
 
     def parse(value: str):
         try:
+            if urls and is_url(value):
+                scheme = value.split("://", 1)[0].lower()
+                if scheme not in SCHEMES:  # checked without the network; the store itself is reached later
+                    raise BeerayError(f"{what} {value}: not a storage URL pyarrow can open "
+                                      f"(schemes: {', '.join(sorted(SCHEMES))})")
+                return value.rstrip("/")
             local_path(value, what)
         except BeerayError as exc:
             raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{what} ")) from None
         return kind(value)
 
     return parse
+
+
+# ---------------------------------------------------------------- object storage
+
+def remote_fs(uri: str, what: str = "--out"):
+    """(pyarrow filesystem, path inside it) of an object-storage URI: s3:// (any S3-compatible store:
+    credentials, region and endpoint from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION,
+    AWS_ENDPOINT_URL), gs://, hdfs://, or anything else pyarrow's filesystems understand."""
+    from pyarrow import fs as pafs
+
+    try:
+        return pafs.FileSystem.from_uri(str(uri).rstrip("/"))
+    except Exception as exc:  # ArrowInvalid (unknown scheme), OSError (no such host...): one line either way
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BeerayError(f"{what} {uri}: not a storage URL pyarrow can open ({detail})") from None
+
+
+def remote_info(uri: str, rel: str = ""):
+    """pyarrow's FileInfo of `rel` under `uri` (type NotFound when there is nothing)."""
+    filesystem, root = remote_fs(uri)
+    return filesystem.get_file_info(f"{root}/{rel}".rstrip("/"))
+
+
+def remote_exists(uri: str, rel: str = "") -> bool:
+    from pyarrow import fs as pafs
+
+    return remote_info(uri, rel).type != pafs.FileType.NotFound
+
+
+def read_remote_text(uri: str, rel: str) -> str | None:
+    """The text of the object `rel` under `uri`, or None when there is none."""
+    filesystem, root = remote_fs(uri)
+    if not remote_exists(uri, rel):
+        return None
+    with filesystem.open_input_stream(f"{root}/{rel}") as fh:
+        return fh.read().decode("utf-8")
+
+
+def write_remote_text(uri: str, rel: str, text: str) -> None:
+    """One object, written in one request: an S3 object appears whole or not at all."""
+    filesystem, root = remote_fs(uri)
+    with filesystem.open_output_stream(f"{root}/{rel}") as fh:
+        fh.write(text.encode("utf-8"))
+
+
+def staging_dir(uri: str) -> Path:
+    """The local folder where a run whose output is the URL `uri` writes its files before `publish`
+    uploads them (one per URL; under $BEERAY_STAGING, else the system's temporary folder)."""
+    root = os.environ.get("BEERAY_STAGING") or Path(tempfile.gettempdir()) / "beeray-staging"
+    return Path(root) / hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
+def output_dir(out: str | Path) -> Path:
+    """Where a command writes the files of output `out`: the folder itself, or for a URL its staging folder."""
+    return staging_dir(str(out)) if is_url(out) else local_path(out).expanduser().resolve()
+
+
+def ray_storage(out: str | Path, sub: str = "ray") -> tuple[str, object]:
+    """Ray's `RunConfig(storage_path, storage_filesystem)` for the Ray state kept under `out`/`sub`:
+    a local folder, or a prefix in object storage that every node of a cluster reaches."""
+    if is_url(out):
+        filesystem, root = remote_fs(str(out))
+        return f"{root}/{sub}", filesystem
+    return str(local_path(out).expanduser().resolve() / sub), None
+
+
+def digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(8 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def publish(local: Path, uri: str, *, uploaded: dict | None = None, upload: Callable | None = None) -> dict:
+    """Upload the folder `local` to `uri` so that a reader never takes a half-written copy for a
+    finished one. Object stores have no folder rename, so a marker does its work: the old MARKERs of
+    the folders being written are deleted first, every file is uploaded (an object appears whole or not
+    at all), and the MARKER, listing each file's size and SHA-256, is written last; `fetch_dir` refuses
+    a folder without one and checks each file against it.
+
+    `uploaded`: {relative path: entry} of files already there (an earlier `publish` of a sub-folder),
+    skipped when unchanged; `upload(src, dst_path)`: how one file is copied (tests inject a crash).
+    Returns the marker."""
+    filesystem, root = remote_fs(uri)
+    local = Path(local)
+    paths = sorted(p for p in local.rglob("*") if p.is_file())
+    folders = {"", *(p.parent.relative_to(local).as_posix() for p in paths)}
+    for folder in sorted(folders):
+        rel = MARKER if folder in ("", ".") else f"{folder}/{MARKER}"
+        if remote_exists(uri, rel):
+            filesystem.delete_file(f"{root}/{rel}")
+
+    def copy(src: Path, dst: str) -> None:
+        with open(src, "rb") as fh, filesystem.open_output_stream(dst) as out:
+            shutil.copyfileobj(fh, out, 8 << 20)
+
+    listing = {}
+    for path in paths:
+        rel = path.relative_to(local).as_posix()
+        if path.name == MARKER or any(part.startswith(".") for part in rel.split("/")):
+            continue  # temporaries of an atomic write, hidden files
+        entry = {"bytes": path.stat().st_size, "sha256": digest(path)}
+        if (uploaded or {}).get(rel) != entry:
+            (upload or copy)(path, f"{root}/{rel}")
+        listing[rel] = entry
+    marker = {"complete": True, "files": listing, "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "id": uuid.uuid4().hex}
+    write_remote_text(uri, MARKER, json.dumps(marker, indent=1) + "\n")
+    return marker
+
+
+def fetch_dir(uri: str, what: str = "--model") -> Path:
+    """A local copy of the finished folder at `uri` (a published run, or a folder inside one, e.g.
+    s3://bucket/run/model), downloaded once per node into ~/.cache/beeray/remote and reused while the
+    run's marker is unchanged. A folder whose run has no MARKER (unfinished, or being uploaded) is refused."""
+    uri = uri.rstrip("/")
+    scheme, _, rest = uri.partition("://")
+    parts = rest.split("/")
+    for depth in range(len(parts), 0, -1):  # the marker of `uri` itself, else of a folder above it
+        base = f"{scheme}://{'/'.join(parts[:depth])}"
+        text = read_remote_text(base, MARKER)
+        if text is not None:
+            break
+    else:
+        raise BeerayError(f"{what} {uri}: no finished beeray output there (no {MARKER}: the run did not finish, "
+                          "or it is still being uploaded)")
+    marker = json.loads(text)
+    prefix = "/".join(parts[depth:])
+    wanted = {rel: entry for rel, entry in marker["files"].items()
+              if not prefix or rel.startswith(prefix + "/")}
+    if not wanted:
+        raise BeerayError(f"{what} {uri}: the finished output at {base} holds no files under {prefix}")
+    dst = Path(os.environ.get("BEERAY_CACHE", Path.home() / ".cache" / "beeray")) / "remote" / \
+        hashlib.sha256(f"{uri}\0{marker['id']}".encode()).hexdigest()[:16]
+    if (dst / MARKER).is_file():
+        return dst
+    filesystem, root = remote_fs(base)
+    with staged_dir(dst, keep_existing=lambda: (dst / MARKER).is_file()) as tmp:
+        for rel, entry in wanted.items():
+            target = tmp / rel[len(prefix):].lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with filesystem.open_input_stream(f"{root}/{rel}") as fh, open(target, "wb") as out:
+                shutil.copyfileobj(fh, out, 8 << 20)
+            if digest(target) != entry["sha256"]:  # overwritten since the marker was written
+                raise BeerayError(f"{what} {uri}: {base}/{rel} differs from its {MARKER} (being rewritten?); "
+                                  "try again once its run has finished")
+        (tmp / MARKER).write_text(text)
+    return dst
+
+
+class Folder:
+    """A folder that a command writes file by file and that may live in object storage (`beeray embed`'s
+    shards): a file appears whole or not at all either way, by an atomic rename on a local disk, by
+    one upload of a finished local file in object storage (an object appears when its upload completes)."""
+
+    def __init__(self, where: str | Path, what: str = "--out"):
+        self.url = is_url(where)
+        if self.url:
+            self.fs, self.root = remote_fs(str(where), what)
+            self.name = str(where).rstrip("/")
+        else:
+            self.fs, self.root = None, local_path(where, what).expanduser().resolve()
+            self.name = str(self.root)
+
+    def __str__(self) -> str:
+        return self.name
+
+    def _path(self, rel: str) -> str:
+        return f"{self.root}/{rel}"
+
+    def exists(self, rel: str) -> bool:
+        if self.url:
+            from pyarrow import fs as pafs
+
+            return self.fs.get_file_info(self._path(rel)).type == pafs.FileType.File
+        return (self.root / rel).is_file()
+
+    def read_text(self, rel: str) -> str:
+        if self.url:
+            with self.fs.open_input_stream(self._path(rel)) as fh:
+                return fh.read().decode("utf-8")
+        return (self.root / rel).read_text(encoding="utf-8")
+
+    def write_text(self, rel: str, text: str) -> None:
+        self.write_with(rel, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+    def write_with(self, rel: str, writer: Callable[[Path], None]) -> None:
+        """`writer(tmp)` writes a local temporary file, which then becomes `rel` in one piece."""
+        if not self.url:
+            with atomic_path(self.root / rel) as tmp:
+                writer(tmp)
+            return
+        with tempfile.TemporaryDirectory(prefix="beeray-upload-") as folder:
+            tmp = Path(folder) / Path(rel).name
+            writer(tmp)
+            with open(tmp, "rb") as fh, self.fs.open_output_stream(self._path(rel)) as out:
+                shutil.copyfileobj(fh, out, 8 << 20)
+
+    def open(self, rel: str):
+        """A readable, seekable file (what pyarrow.parquet reads)."""
+        return self.fs.open_input_file(self._path(rel)) if self.url else open(self.root / rel, "rb")
+
+    def names(self, sub: str) -> list[str]:
+        """The names of the files in the sub-folder `sub` (none when it does not exist)."""
+        if self.url:
+            from pyarrow import fs as pafs
+
+            infos = self.fs.get_file_info(pafs.FileSelector(self._path(sub), allow_not_found=True))
+            return sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
+        folder = self.root / sub
+        return sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+
+    def delete(self, rel: str) -> None:
+        if self.url:
+            self.fs.delete_file(self._path(rel))
+        else:
+            (self.root / rel).unlink(missing_ok=True)
+
+
+def readable_dir(value: str | Path, what: str) -> Path:
+    """A folder to read: local as given, or a finished object-storage output fetched (`fetch_dir`)."""
+    return fetch_dir(str(value), what) if is_url(value) else Path(value).expanduser()
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -143,23 +392,34 @@ def swap_dir(new: Path, dst: Path) -> None:
 
 def prepare_run_dir(out: str | Path, *, state: str, config_file: str, config: dict, resume: bool,
                     conflicts, what: str) -> Path:
-    """Create (or reopen, with --resume) the output folder of a run or search, and record its config.
+    """Create (or reopen, with --resume) the output of a run or search, and record its config; returns
+    the local folder the command writes to (`output_dir`: for a URL, a fresh staging folder that
+    `publish` uploads at the end).
 
     `state`: the sub-folder where Ray keeps the run's state (its existence means a run was
     started here); `conflicts(saved_config) -> list[str]`: the differences that forbid continuing.
     """
-    out = local_path(out, "--out").expanduser().resolve()
-    state_dir = out / state
-    saved = out / config_file
+    remote = is_url(out)
+    where = str(out) if remote else local_path(out, "--out").expanduser().resolve()
+    if remote:
+        started = remote_exists(str(out), state)
+        saved = read_remote_text(str(out), config_file)
+    else:
+        started = (where / state).exists()
+        saved = (where / config_file).read_text() if (where / config_file).exists() else None
     if resume:
-        if not state_dir.exists() or not saved.exists():
-            raise BeerayError(f"--resume: no previous {what} in {out}")
-        changed = conflicts(json.loads(saved.read_text()))
+        if not started or saved is None:
+            raise BeerayError(f"--resume: no previous {what} in {where}")
+        changed = conflicts(json.loads(saved))
         if changed:
-            raise BeerayError(f"--resume: the {what} in {out} was started with a different config "
+            raise BeerayError(f"--resume: the {what} in {where} was started with a different config "
                               f"({', '.join(changed)})")
-    elif state_dir.exists():
-        raise BeerayError(f"{out} already holds a {what}: pass --resume to continue it, or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(saved, config)
-    return out
+    elif started:
+        raise BeerayError(f"{where} already holds a {what}: pass --resume to continue it, or choose another --out")
+    local = output_dir(out)
+    if remote:
+        shutil.rmtree(local, ignore_errors=True)  # files of an earlier attempt: this one rewrites them all
+        write_remote_text(str(out), config_file, json.dumps(config, indent=2, default=float) + "\n")
+    local.mkdir(parents=True, exist_ok=True)
+    write_json(local / config_file, config)
+    return local

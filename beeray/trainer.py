@@ -22,12 +22,13 @@ RUN_NAME = "train"  # stable, so that re-running with --resume finds the run (Tr
 
 @dataclass
 class TrainOutput:
-    out: Path
+    out: Path  # the local folder written (for an object-storage --out, its staging folder)
     model_dir: Path
     history: list[dict]  # per epoch
     steps: list[dict]  # per optimizer step
     metrics: dict
     mlflow_run: str | None = None
+    published: str | None = None  # the object-storage URL the run was uploaded to (files.publish)
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
@@ -112,8 +113,11 @@ def train_table(data: PreparedData, full: bool, world: int, split: bool = True) 
 
 
 def fit(cfg: TrainConfig, data: PreparedData, *, run_config_callbacks: list | None = None,
-        storage_path: str | None = None, name: str = RUN_NAME):
-    """Run the TorchTrainer; returns Ray's Result. Used by `beeray train` and by each Tune trial."""
+        storage: tuple[str, object] | None = None, name: str = RUN_NAME):
+    """Run the TorchTrainer; returns Ray's Result. Used by `beeray train` and by each Tune trial.
+
+    `storage`: Ray's (storage_path, storage_filesystem), default OUT/ray (beeray.files.ray_storage):
+    a local folder, or a prefix in object storage that every node reaches."""
     from ray.data import DataContext
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -124,6 +128,7 @@ def fit(cfg: TrainConfig, data: PreparedData, *, run_config_callbacks: list | No
     ctx = DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False  # a few MB of user rows: the bars would only add noise to the logs
+    storage_path, storage_filesystem = storage or files.ray_storage(cfg.out)
     resources = {"CPU": cfg.cpus_per_worker}
     if cfg.use_gpu:
         resources["GPU"] = cfg.gpus_per_worker
@@ -136,7 +141,8 @@ def fit(cfg: TrainConfig, data: PreparedData, *, run_config_callbacks: list | No
         dataset_config=DataConfig(datasets_to_split=["train"] if split else []),
         run_config=RunConfig(
             name=name,
-            storage_path=storage_path or str(Path(cfg.out).resolve() / "ray"),
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             callbacks=run_config_callbacks or None,
@@ -155,7 +161,8 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, baseline: bool = True
 
     data = PreparedData.load(cfg.data)  # fail on a bad folder before Ray starts
     composed_parts(cfg, data)  # and on dataset_weights that do not name its datasets
-    cfg.data = str(data.root.resolve())
+    if not files.is_url(cfg.data):  # a URL stays one: each node fetches it (PreparedData.load)
+        cfg.data = str(data.root.resolve())
     out = files.prepare_run_dir(cfg.out, state=f"ray/{RUN_NAME}", config_file="config.json",
                                     config=to_dict(cfg), resume=resolve_resume(cfg.out, f"ray/{RUN_NAME}", resume),
                                     conflicts=cfg.resume_conflicts, what="run")
@@ -181,7 +188,9 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, baseline: bool = True
     # On a cluster the driver sits on the (CPU) head node: evaluate where the workers' devices are.
     gpus = cfg.gpus_per_worker if cfg.use_gpu else 0
     task = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=gpus)(final_metrics)
-    metrics = ray.get(task.remote(cfg, data, model_dir, baseline=baseline))
+    # The task may run on another node: an object-storage run hands it the model uploaded first.
+    model_marker = files.publish(model_dir, f"{cfg.out}/model") if files.is_url(cfg.out) else None
+    metrics = ray.get(task.remote(cfg, f"{cfg.out}/model" if model_marker else str(model_dir), baseline=baseline))
     files.write_json(out / "metrics.json", {"config": to_dict(cfg), "data": data.stats, **metrics})
     artifacts.model_card(model_dir, to_dict(cfg), data.stats, metrics)
     from beeray import tracking
@@ -191,8 +200,13 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, baseline: bool = True
         run_id = tracking.log_training(cfg, out, state.history, state.steps, metrics, data.stats, tags)
         print(f"beeray: MLflow run {run_id} in {tracking.tracking_uri(cfg)} (experiment {cfg.experiment!r})",
               flush=True)
+    published = None
+    if model_marker is not None:  # everything up, the run's marker last (a reader takes nothing half-written)
+        files.publish(out, cfg.out, uploaded={f"model/{k}": v for k, v in model_marker["files"].items()})
+        published = str(cfg.out)
+        print(f"beeray: uploaded to {published}", flush=True)
     return TrainOutput(out=out, model_dir=model_dir, history=state.history, steps=state.steps, metrics=metrics,
-                       mlflow_run=run_id)
+                       mlflow_run=run_id, published=published)
 
 
 def tokenize_catalog(cfg: TrainConfig, data: PreparedData) -> None:
@@ -204,13 +218,13 @@ def tokenize_catalog(cfg: TrainConfig, data: PreparedData) -> None:
     TokenizedCatalog.cached(model, data, cfg.max_seq_length, full=cfg.full_train, show_progress=True)
 
 
-def final_metrics(cfg: TrainConfig, data: PreparedData, model_dir: Path, baseline: bool) -> dict:
-    """Validation and test metrics of the trained model, and of the base model for comparison.
-
-    Test items are touched here only, never during training or model selection.
+def final_metrics(cfg: TrainConfig, model_dir: str, baseline: bool) -> dict:
+    """Validation and test metrics of the trained model (a folder, or a published URL), and of the base
+    model for comparison. Test items are touched here only, never during training or model selection.
     """
     from beeray.evaluate import evaluate
 
+    data = PreparedData.load(cfg.data)  # on this task's node (a URL is fetched there)
     splits = ["val", "test"] if cfg.evaluate_test else ["val"]
     models = {"trained": str(model_dir)}
     if baseline:

@@ -1,6 +1,8 @@
 """Hyperparameter search (docs/method.md §6): Optuna TPE inside Ray Tune, one TorchTrainer per trial.
 
-Layout of the output folder OUT:
+Layout of the output folder OUT (a local folder, or object storage: s3://bucket/prefix, where Ray keeps
+ray/ as the search runs, the final retrain publishes final/ as `beeray train` does, and the rest is
+uploaded at the end with OUT/_COMPLETE.json last):
   tune_config.json   the parsed config (a --resume must match it)
   ray/tune/          Ray Tune's experiment (restored by --resume)
   ray/trials/        one Ray Train run per trial, named trial-<trial id> (resumed from its checkpoint)
@@ -41,7 +43,7 @@ def trial_config(base: TrainConfig, sampled: dict) -> TrainConfig:
     return from_dict(TrainConfig, values, "trial config").validate()
 
 
-def make_trainable(base: TrainConfig, trials_dir: Path):
+def make_trainable(base: TrainConfig, trials: tuple[str, object]):
     """The Tune function: one TorchTrainer per trial, its reports forwarded to Tune."""
     import ray.tune
 
@@ -54,8 +56,7 @@ def make_trainable(base: TrainConfig, trials_dir: Path):
         cfg = trial_config(base, config)
         # A stable name per trial: a restored trial resumes its own Train run from its checkpoint.
         name = f"trial-{ray.tune.get_context().get_trial_id()}"
-        fit(cfg, PreparedData.load(cfg.data), run_config_callbacks=[TuneReportCallback()],
-            storage_path=str(trials_dir), name=name)
+        fit(cfg, PreparedData.load(cfg.data), run_config_callbacks=[TuneReportCallback()], storage=trials, name=name)
 
     # The Tune function only drives its TorchTrainer, whose workers hold the CPUs/GPUs, so it asks
     # for no CPU: two single-worker trials then fit on two CPUs. (Ray refuses a request of nothing
@@ -63,17 +64,20 @@ def make_trainable(base: TrainConfig, trials_dir: Path):
     return ray.tune.with_resources(train_driver, {"CPU": 0, "memory": 1})
 
 
-def _tuner(cfg: TuneConfig, out: Path, resume: bool, callbacks: list | None):
+def _tuner(cfg: TuneConfig, resume: bool, callbacks: list | None):
     import optuna
     import ray.tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    trainable = make_trainable(cfg.train, out / "ray" / "trials")
+    # OUT/ray: a local folder, or a prefix in object storage (beeray.files.ray_storage)
+    storage_path, filesystem = files.ray_storage(cfg.train.out)
+    trainable = make_trainable(cfg.train, (f"{storage_path}/trials", filesystem))
     if resume:
         # Finished trials are kept as they are; unfinished and errored ones continue from their
         # checkpoints. The experiment's RunConfig, callbacks included, is restored with it.
-        return ray.tune.Tuner.restore(str(out / "ray" / TUNE_RUN), trainable=trainable, resume_errored=True)
+        return ray.tune.Tuner.restore(f"{storage_path}/{TUNE_RUN}", trainable=trainable, resume_errored=True,
+                                      storage_filesystem=filesystem)
     search = cfg.search
     scheduler = None
     if search.scheduler.type == "asha":
@@ -86,7 +90,8 @@ def _tuner(cfg: TuneConfig, out: Path, resume: bool, callbacks: list | None):
                                         scheduler=scheduler, num_samples=search.num_samples,
                                         max_concurrent_trials=search.max_concurrent_trials, metric=search.metric,
                                         mode=search.mode),
-        run_config=ray.tune.RunConfig(name=TUNE_RUN, storage_path=str(out / "ray"), callbacks=callbacks or None),
+        run_config=ray.tune.RunConfig(name=TUNE_RUN, storage_path=storage_path, storage_filesystem=filesystem,
+                                      callbacks=callbacks or None),
     )
 
 
@@ -111,7 +116,7 @@ def run_search(cfg: TuneConfig, *, resume: bool = False, callbacks: list | None 
     init_ray(cfg.train.address)
     from beeray.tracking import tune_callbacks
 
-    tuner = _tuner(cfg, out, resume, [*(callbacks or []), *tune_callbacks(cfg.train, out)])
+    tuner = _tuner(cfg, resume, [*(callbacks or []), *tune_callbacks(cfg.train, cfg.train.out)])
     try:
         grid = tuner.fit()
     except TuneError as exc:  # the experiment itself broke (not a trial): its state is saved
@@ -139,35 +144,41 @@ class TuneOutput:
     rows: list[TrialRow]
     best: TrialRow
     final_metrics: dict
+    published: str | None = None  # the object-storage URL the search's files were uploaded to
 
 
 def finish(cfg: TuneConfig, result_grid, *, resume: bool = False, baseline: bool = True) -> TuneOutput:
     """Table + plots, then the best configuration retrained on train + validation and tested once."""
     from beeray.trainer import train
 
-    out = Path(cfg.train.out)
+    out = files.output_dir(cfg.train.out)  # for object storage: the staging folder, uploaded by `tune`
     rows = artifacts.collect(result_grid, cfg)
     files.write_csv(out / "tune_results.csv", artifacts.results_frame(rows, cfg))
     best = pick_best(rows, cfg)  # raises when every trial failed, after the table is written
     artifacts.plot_trials(rows, cfg, best, out / "trials.png")
     artifacts.plot_hyperparameters(rows, cfg, best, out / "hyperparameters.png")
 
-    final_dir = out / FINAL_DIR
+    final_dir = f"{cfg.train.out}/{FINAL_DIR}"  # its own run: a folder, or a URL published by `train`
     # epochs = the best trial's best epoch: the model the search actually scored (see module doc).
     from beeray.tracking import tracking_uri
 
-    final = from_dict(TrainConfig, {**to_dict(cfg.train), **best.config, "epochs": best.best_epoch,
-                                    "full_train": True, "evaluate_test": True, "out": str(final_dir),
-                                    # the search's store, not one beside final/
-                                    "tracking_uri": tracking_uri(cfg.train)},
-                      "final config").validate()
-    if (final_dir / "metrics.json").exists() and resume:
-        metrics = {k: v for k, v in json.loads((final_dir / "metrics.json").read_text()).items()
-                   if k in ("base", "trained")}
+    final_cfg = from_dict(TrainConfig, {**to_dict(cfg.train), **best.config, "epochs": best.best_epoch,
+                                        "full_train": True, "evaluate_test": True, "out": final_dir,
+                                        # the search's store, not one beside final/
+                                        "tracking_uri": tracking_uri(cfg.train)},
+                          "final config").validate()
+    final = files.Folder(final_dir)
+    # A retrain counts as done once its metrics are written (in object storage: once it is published).
+    finished = final.exists("metrics.json") and (not final.url or final.exists(files.MARKER))
+    if finished and resume:
+        metrics = {k: v for k, v in json.loads(final.read_text("metrics.json")).items() if k in ("base", "trained")}
     else:
-        done_before = (final_dir / "ray").exists()
-        metrics = train(final, resume=resume and done_before, baseline=baseline,
-                        tags={"beeray.search": str(out), "beeray.role": "final retrain"}).metrics
+        from beeray.trainer import RUN_NAME
+
+        done_before = files.remote_exists(final_dir, f"ray/{RUN_NAME}") if final.url else \
+            (Path(final_dir) / "ray").exists()
+        metrics = train(final_cfg, resume=resume and done_before, baseline=baseline,
+                        tags={"beeray.search": str(cfg.train.out), "beeray.role": "final retrain"}).metrics
     best_epoch_row = next(h for h in best.history if int(h["epoch"]) == best.best_epoch)
     files.write_json(out / "best.json", {
         "trial_id": best.trial_id,
@@ -176,7 +187,7 @@ def finish(cfg: TuneConfig, result_grid, *, resume: bool = False, baseline: bool
         "value": best.best, "best_epoch": best.best_epoch,
         "config": best.config,
         "validation": {m: best_epoch_row[m] for m in VAL_METRICS if m in best_epoch_row},
-        "final": {"out": str(final_dir), "config": to_dict(final), "metrics": metrics},
+        "final": {"out": final_dir, "config": to_dict(final_cfg), "metrics": metrics},
         "failed_trials": [{"trial_id": r.trial_id, "error": r.error} for r in rows if r.status == "ERROR"],
     })
     return TuneOutput(out=out, rows=rows, best=best, final_metrics=metrics)
@@ -190,7 +201,11 @@ def tune(cfg: TuneConfig, *, resume: bool | str = False, baseline: bool = True,
 
     resume = resolve_resume(cfg.train.out, f"ray/{TUNE_RUN}", resume, what="search")
     grid = run_search(cfg, resume=resume, callbacks=callbacks)
-    return finish(cfg, grid, resume=resume, baseline=baseline)
+    result = finish(cfg, grid, resume=resume, baseline=baseline)
+    if files.is_url(cfg.train.out):  # final/ is published by its own run; the search's files, marker last
+        files.publish(result.out, cfg.train.out)
+        result.published = cfg.train.out
+    return result
 
 
 __all__ = ["trial_config", "make_trainable", "run_search", "pick_best", "finish", "tune", "TuneOutput"]

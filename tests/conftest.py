@@ -37,3 +37,16 @@ def shop(tmp_path_factory):
     out = tmp_path_factory.mktemp("shop") / "prepared"
     prepare_synthetic(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A real S3 API on 127.0.0.1 (benchmarks/local_s3.py: moto's server on a free loopback port, stopped
+    by its process id), with the standard AWS variables pointing at it, as a user's environment would
+    for any S3-compatible store; BEERAY_CACHE and BEERAY_STAGING keep fetched and staged folders in the
+    test's temporary folder. Yields `bucket(name) -> "s3://name"`, which creates the bucket."""
+    from benchmarks.local_s3 import local_s3
+
+    root = tmp_path_factory.mktemp("s3-local")
+    with local_s3({"BEERAY_CACHE": str(root / "cache"), "BEERAY_STAGING": str(root / "staging")}) as bucket:
+        yield bucket

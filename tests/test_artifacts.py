@@ -67,19 +67,21 @@ def test_staged_dir_publishes_on_success_only_and_keeps_a_concurrent_finished_co
 
 
 def test_a_url_is_refused_not_turned_into_a_local_folder(tmp_path, monkeypatch, capsys):
-    """`--out s3://bucket/run` used to write ./s3:/bucket/run without a word: every command refuses it."""
+    """`--out s3://bucket/run` used to write ./s3:/bucket/run without a word. Now a URL is either object
+    storage that the command supports (tests/test_object_storage.py) or refused in one line, exit 2."""
     from beeray.cli import main
 
     monkeypatch.chdir(tmp_path)
-    for argv in (["train", "--data", "data/shop", "--out", "s3://bucket/run"],
-                 ["embed", "--items", "x.csv", "--out", "gs://bucket/emb"],
-                 ["prepare", "synthetic", "--out", "s3://bucket/data"],
-                 ["compare", "--data", "s3://bucket/data"]):
+    for argv, says in ((["compare", "--data", "s3://bucket/data"], "a URL; here beeray reads and writes local"),
+                       (["evaluate", "--data", "gs://bucket/data"], "a URL; here beeray reads and writes local"),
+                       (["train", "--data", "data/shop", "--out", "s3:/bucket/run"], "a URL; here"),  # one slash
+                       (["embed", "--items", "x.csv", "--out", "nosuch://bucket/emb"], "not a storage URL pyarrow"),
+                       (["prepare", "synthetic", "--out", "nosuch://bucket/data"], "not a storage URL pyarrow")):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2, argv
-        assert "a URL; beeray reads and writes local or mounted" in capsys.readouterr().err, argv
+        assert says in capsys.readouterr().err.strip().splitlines()[-1], argv  # argparse: usage, then one line
     with pytest.raises(BeerayError, match="a URL"):  # a config file's out: reaches the run folder's check
-        files.prepare_run_dir("s3://bucket/run", state="ray/train", config_file="config.json", config={},
+        files.prepare_run_dir("s3:/bucket/run", state="ray/train", config_file="config.json", config={},
                               resume=False, conflicts=lambda saved: [], what="training run")
     assert not any(tmp_path.iterdir())  # nothing written

@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-MANIFEST = ROOT / "k8s" / "rayjob.yaml"
+MANIFEST = ROOT / "k8s" / "rayjob.yaml"  # a shared volume (ReadWriteMany PVC) at /data
+MANIFEST_S3 = ROOT / "k8s" / "rayjob-s3.yaml"  # object storage: no volume, credentials from a Secret
 SCHEMA = ROOT / "k8s" / "rayjob-crd-v1.7.0.schema.json.gz"
 
 
@@ -45,9 +46,9 @@ def validator():
     return jsonschema.Draft7Validator(schema)
 
 
-@pytest.fixture
-def manifest():
-    return yaml.safe_load(MANIFEST.read_text())
+@pytest.fixture(params=[MANIFEST, MANIFEST_S3], ids=["volume", "s3"])
+def manifest(request):
+    return yaml.safe_load(request.param.read_text())
 
 
 def errors(validator, doc) -> list[str]:
@@ -87,7 +88,10 @@ def test_rayjob_runs_beeray_as_documented(manifest):
     for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
         for container in group["template"]["spec"]["containers"]:
             assert container["image"].startswith("rayproject/ray:2.60.0")
-            assert {"mountPath": "/data", "name": "data"} in container["volumeMounts"]
+            if "envFrom" in container:  # object storage: every Ray process gets the bucket's credentials
+                assert container["envFrom"] == [{"secretRef": {"name": "beeray-s3"}}]
+            else:
+                assert {"mountPath": "/data", "name": "data"} in container["volumeMounts"]
     (gpu,) = cluster["workerGroupSpecs"]
     assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
 
@@ -96,7 +100,11 @@ def test_rayjob_runs_beeray_as_documented(manifest):
     args = build_parser().parse_args(argv[1:])
     cfg = config_from_args(args)  # reads experiments/goodbooks.yaml from the repository
     assert cfg.use_gpu and cfg.num_workers <= gpu["maxReplicas"]
-    assert cfg.out.startswith("/data/") and cfg.data.startswith("/data/")  # on the shared volume
-    assert cfg.tracking_uri == "sqlite:////data/runs/mlflow.db"
+    if cfg.out.startswith("s3://"):  # the run, its MLflow store and the prepared data in the bucket
+        assert cfg.data.startswith("s3://") and cfg.tracking_uri is None
+        assert "AWS_DEFAULT_REGION" in runtime_env["env_vars"]
+    else:  # on the shared volume
+        assert cfg.out.startswith("/data/") and cfg.data.startswith("/data/")
+        assert cfg.tracking_uri == "sqlite:////data/runs/mlflow.db"
     # A resubmitted job (KubeRay's retries, or the RayJob applied again) continues the run in --out.
     assert args.resume == "auto" and spec["backoffLimit"] >= 1

@@ -30,7 +30,8 @@ def register(sub) -> None:
     )
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model folder or hub name (default: {DEFAULT_MODEL})")
     p.add_argument("--items", required=True, help="catalog: file or folder (see below)")
-    p.add_argument("--out", required=True, type=path_arg("--out"), help="output folder")
+    p.add_argument("--out", required=True, type=path_arg("--out", urls=True),
+                   help="output folder, or object storage (s3://bucket/prefix; embed.json is written last)")
     add_catalog_options(p)
     p.add_argument("--bad-rows", choices=["refuse", "skip"], default="refuse",
                    help="rows without id or text, or repeating an id: refuse the file (default) or skip them")

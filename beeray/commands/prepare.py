@@ -8,6 +8,7 @@ import sys
 from beeray.data.loaders import DATASETS, GenericColumns
 from beeray.data.prepare import PrepareOptions, format_stats, prepare
 from beeray.errors import BeerayError
+from beeray import files
 from beeray.files import path_arg
 
 EPILOG = """\
@@ -52,7 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", action="append", metavar="PATH",
                    help="dataset folder or interactions file; for goodlens KIND=PATH, repeatable")
     p.add_argument("--items", metavar="PATH", help="item text file where the layout needs one")
-    p.add_argument("--out", metavar="DIR", type=path_arg("--out"), help="output folder (default: data/<dataset>)")
+    p.add_argument("--out", metavar="DIR", type=path_arg("--out", urls=True),
+                   help="output folder (default: data/<dataset>), or object storage (s3://bucket/prefix: prepared in "
+                        "a local staging folder, then uploaded with _COMPLETE.json last; train --data reads it)")
     p.add_argument("--split", choices=("item", "time"), default="item",
                    help="item: cold-start items held out (default); time: last interactions held out")
     p.add_argument("--val-items", type=int, metavar="N", help="validation cold items (default min(2000, 10%%))")
@@ -101,13 +104,17 @@ def run(args: argparse.Namespace) -> int:
                              val_frac=args.val_frac, test_frac=args.test_frac)
     columns = GenericColumns(user=args.user_col, item=args.item_col, rating=args.rating_col,
                              timestamp=args.time_col, item_key=args.item_key, text=args.text_col)
-    result = prepare(args.dataset, out, path, args.items, inputs=named, options=options,
+    url = files.is_url(out)
+    result = prepare(args.dataset, files.output_dir(out) if url else out, path, args.items, inputs=named,
+                     options=options,
                      columns=columns if args.dataset in ("generic", "goodlens") else None,
                      force=args.force, synthetic_seed=args.synthetic_seed,
                      synthetic_size=tuple(args.synthetic_size) if args.synthetic_size else None)
+    if url and not (result.up_to_date and files.remote_exists(out, files.MARKER)):
+        files.publish(result.out, out)  # prepared in its staging folder; uploaded, marker last
     if result.up_to_date:
-        print(f"{result.out}: up to date (fingerprint {result.stats.get('fingerprint')}); --force to rebuild")
+        print(f"{out if url else result.out}: up to date (fingerprint {result.stats.get('fingerprint')}); --force to rebuild")
         return 0
     print(format_stats(result.stats))
-    print(f"wrote {result.out}", file=sys.stderr)
+    print(f"wrote {out if url else result.out}", file=sys.stderr)
     return 0

@@ -10,9 +10,11 @@ from beeray.files import path_arg
 
 # flag -> TrainConfig field; the flags users reach for most. Anything else: --set key=value.
 _FLAGS = {
-    "--data": ("data", path_arg("--data"), "prepared-data folder (from `beeray prepare`)"),
+    "--data": ("data", path_arg("--data", urls=True), "prepared-data folder (from `beeray prepare`), or its s3:// URL"),
     "--model": ("model", str, "base model: hub name or local SentenceTransformer folder"),
-    "--out": ("out", path_arg("--out"), "output folder: model/, metrics.json, history.csv/png, ray/ checkpoints"),
+    "--out": ("out", path_arg("--out", urls=True),
+              "output folder, or object storage (s3://bucket/prefix): model/, metrics.json, history.csv/png, "
+              "ray/ checkpoints"),
     "--lr": ("lr", float, "learning rate (paper: 1e-5)"),
     "--epochs": ("epochs", int, "passes over the training users"),
     "--optimizer": ("optimizer", str, "adamw (default) | nadam (the reference's Keras Nadam)"),
@@ -52,7 +54,11 @@ def register(sub) -> None:
                "  beeray train --config experiments/ml-small-cpu.yaml --data data/ml --out runs/ml\n"
                "  beeray train --config experiments/goodbooks.yaml --address auto --num-workers 4\n"
                "  beeray train --config experiments/ml-small-cpu.yaml --out runs/ml --resume\n"
-               "  beeray train --config experiments/goodbooks.yaml --out /data/runs/gb --resume auto   # resubmittable",
+               "  beeray train --config experiments/goodbooks.yaml --out /data/runs/gb --resume auto   # resubmittable\n"
+               "  beeray train --config experiments/goodbooks.yaml --address auto --out s3://bucket/runs/gb --resume auto\n\n"
+               "object storage (s3://, gs://, ...): credentials, region and endpoint come from the environment\n"
+               "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL); checkpoints go\n"
+               "there during the run, the rest at the end, with OUT/_COMPLETE.json written last.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help="YAML file with TrainConfig keys (see experiments/)")
@@ -95,6 +101,7 @@ def run(args) -> int:
     rows = {f"{who} / {split}": res for who, per in result.metrics.items() for split, res in per.items()}
     print()
     print(metrics_table(rows))
-    print(f"\nmodel: {result.model_dir}\nmetrics: {result.out / 'metrics.json'}\n"
-          f"history: {result.out / 'history.csv'}, {result.out / 'history.png'}")
+    where = result.published or result.out
+    print(f"\nmodel: {where}/model\nmetrics: {where}/metrics.json\n"
+          f"history: {where}/history.csv, {where}/history.png")
     return 0

@@ -30,7 +30,8 @@ def register(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", required=True, help="YAML with train: and search: sections (see experiments/tune-*)")
-    p.add_argument("--out", type=path_arg("--out"), help="output folder (default: train.out of the config)")
+    p.add_argument("--out", type=path_arg("--out", urls=True),
+                   help="output folder, or object storage (s3://bucket/prefix) (default: train.out of the config)")
     p.add_argument("--tracking-uri", help="MLflow store or server for the trials and the final run "
                                           "(default: sqlite:///<parent of OUT>/mlflow.db)")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
@@ -67,7 +68,7 @@ def run(args) -> int:
     rows = {f"{who} / {split}": res for who, per in result.final_metrics.items() for split, res in per.items()}
     print()
     print(metrics_table(rows))
-    print(f"\nresults: {result.out / 'tune_results.csv'}, {result.out / 'best.json'}, "
-          f"{result.out / 'trials.png'}, {result.out / 'hyperparameters.png'}\nfinal model: "
-          f"{result.out / 'final' / 'model'}")
+    where = result.published or result.out
+    print(f"\nresults: {where}/tune_results.csv, {where}/best.json, {where}/trials.png, "
+          f"{where}/hyperparameters.png\nfinal model: {cfg.train.out}/final/model")
     return 0  # some trials failed but a best one exists: reported above and in best.json

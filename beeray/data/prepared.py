@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+from beeray import files
 from beeray.errors import BeerayError
 
 FILES = ("items.parquet", "users.parquet", "split.json", "train.parquet", "train_full.parquet",
@@ -69,7 +70,9 @@ class PreparedData:
 
     @classmethod
     def load(cls, root: str | Path) -> "PreparedData":
-        root = Path(root).expanduser()
+        """A prepared folder: local, or published to object storage (`beeray prepare --out s3://...`), then
+        fetched once per node into ~/.cache/beeray/remote (beeray.files.fetch_dir)."""
+        root = files.readable_dir(root, "--data")
         if not root.is_dir():
             raise BeerayError(f"{root}: prepared-data folder not found (create it with `beeray prepare`)")
         for name in FILES:

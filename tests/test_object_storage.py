@@ -29,6 +29,20 @@ from tests.helpers import kill_run
 BEERAY = [sys.executable, "-m", "beeray.cli"]
 
 
+@pytest.fixture(scope="module")
+def ray_s3(s3):
+    """A local Ray started after the `s3` fixture set the AWS variables, so that its workers inherit
+    them (a Ray left running by an earlier module would not have them: it is shut down first)."""
+    import ray
+
+    from beeray.trainer import init_ray
+
+    ray.shutdown()
+    init_ray(None, num_cpus=2)
+    yield
+    ray.shutdown()
+
+
 def _objects(url: str) -> dict[str, pafs.FileInfo]:
     filesystem, root = files.remote_fs(url)
     infos = filesystem.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
@@ -153,7 +167,7 @@ def _params(model_dir):
 
 
 @pytest.mark.slow
-def test_train_to_s3_killed_worker_resumes_from_the_bucket(s3, ray_session, tiny_model_dir, capsys):
+def test_train_to_s3_killed_worker_resumes_from_the_bucket(s3, ray_s3, tiny_model_dir, capsys):
     """The CLI end to end with data and run in the bucket: a run whose worker dies continues from the
     bucket's checkpoint (by --resume auto, with the driver's local files gone; by FailureConfig) and is
     published with its marker last. The fault drill fires only in a run that restored no checkpoint,
@@ -223,7 +237,7 @@ def csv_rows(text: str) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_tune_to_s3_publishes_the_search_and_its_final_model(s3, ray_session, shop, tiny_model_dir, tmp_path):
+def test_tune_to_s3_publishes_the_search_and_its_final_model(s3, ray_s3, shop, tiny_model_dir, tmp_path):
     from tests.test_tune import _shop_config
 
     from beeray.tune import tune

@@ -25,6 +25,7 @@ MLflow metric names may not contain '@': `val_recall@20` is logged as `val_recal
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -125,6 +126,21 @@ def log_training(cfg: TrainConfig, out: Path, history: list[dict], steps: list[d
         client.log_artifact(run_id, str(card), artifact_path="model")
     client.set_terminated(run_id)
     return run_id
+
+
+@contextlib.contextmanager
+def process_tracking_uri_kept():
+    """Ray's MLflow callback calls mlflow.set_tracking_uri, which also sets $MLFLOW_TRACKING_URI for
+    the rest of the process: a later run in the same process (a library user's next `train`) would
+    then log to the search's store instead of its own default. Restore the variable afterwards."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 class _TuneCallback(MLflowLoggerCallback):

@@ -114,11 +114,12 @@ def run_search(cfg: TuneConfig, *, resume: bool = False, callbacks: list | None 
     PreparedData.load(cfg.train.data)  # a missing or broken folder fails here, not in every trial
     out = _prepare_out(cfg, resume)
     init_ray(cfg.train.address)
-    from beeray.tracking import tune_callbacks
+    from beeray.tracking import process_tracking_uri_kept, tune_callbacks
 
     tuner = _tuner(cfg, resume, [*(callbacks or []), *tune_callbacks(cfg.train, cfg.train.out)])
     try:
-        grid = tuner.fit()
+        with process_tracking_uri_kept():
+            grid = tuner.fit()
     except TuneError as exc:  # the experiment itself broke (not a trial): its state is saved
         raise BeerayError(f"the search stopped ({str(exc).splitlines()[0] if str(exc) else 'TuneError'}); "
                           f"continue it with --resume") from exc

@@ -245,8 +245,12 @@ def test_tune_to_s3_publishes_the_search_and_its_final_model(s3, ray_s3, shop, t
     url = f"{s3('tune')}/search"
     cfg = _shop_config(shop, tiny_model_dir, tmp_path / "placeholder", num_samples=2, max_concurrent_trials=1)
     cfg.train.out = url
+    assert "MLFLOW_TRACKING_URI" not in os.environ
     result = tune(cfg, baseline=False)
     assert result.published == url
+    # Ray's MLflow callback sets the variable for the whole process; a later run here would log to this
+    # search's store (it did: the next test module's runs failed on this staging folder's database).
+    assert "MLFLOW_TRACKING_URI" not in os.environ
     objects = _objects(url)
     assert {"tune_results.csv", "best.json", "trials.png", "tune_config.json", files.MARKER} <= set(objects)
     assert any(k.startswith("ray/tune/") for k in objects) and any(k.startswith("ray/trials/") for k in objects)

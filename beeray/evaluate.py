@@ -4,34 +4,34 @@ A *scorer* turns a batch of users' source histories (a sparse users x items matr
 over the split's candidate items. The text encoder is one (`CBFScorer`: the ELSA-style
 propagation relu(x Â Â_candᵀ − x_cand) through text embeddings); every other way of ranking
 items plugs in the same way, and the evaluator never knows which it holds. It ranks the
-candidates, excludes what a user already has, and scores the ranking with RecPack's
-CalibratedRecallK and NDCGK, with a bootstrap standard error.
+candidates, excludes what a user already has, and scores the ranking with beeray.metrics (RecPack's
+CalibratedRecallK and NDCGK, computed by beeray), with a bootstrap standard error.
 
 Memory is bounded by the user batch: the only dense block is users x candidates, and the batch
 shrinks when the candidates are many (a time split ranks the whole catalog), so a large catalog
 never allocates users x items. Only the top 100 of each row matter to any metric: long rows are
-narrowed to them with one pass over the block (top_k_rows), and RecPack sees a sparse top 100.
+narrowed to them with one pass over the block (top_k_rows), and the metrics read the top 100's hits.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from beeray.errors import BeerayError
-from beeray.metrics import METRICS, STRATA
+from beeray.metrics import LARGEST_K, METRICS, STRATA, ranking_metrics
 from beeray.models import embedding_dim
 
 if TYPE_CHECKING:  # the data layer is only needed for type hints here
     from beeray.data.prepared import EvalSplit, PreparedData
 
 JOINT = "joint"  # the part label of a multi-dataset folder's whole split (every dataset's users and cold items)
-TOP_N = 100  # the largest K of any metric: nothing below rank 100 can change a result
+TOP_N = LARGEST_K  # the largest K of any metric: nothing below rank 100 can change a result
 # Largest users x candidates score block (float64) one scoring batch may hold: 2^24 elements =
 # 128 MB. A batch has fewer users when the candidates are many (16 for a 10^6-item catalog). Ranking
 # adds little to the block (group maxima and the few groups read back, see top_k_rows), and each
@@ -44,13 +44,6 @@ MAX_BLOCK = 1 << 24
 class Scorer(Protocol):
     def scores(self, source: sp.csr_matrix, candidates: np.ndarray) -> np.ndarray:
         """Dense float64 (users x candidates) scores for a batch of source histories (users x items)."""
-
-
-def _recpack_metrics() -> dict[str, Any]:
-    # RecPack pulls in sklearn; import lazily so `beeray --help` stays fast.
-    from recpack.metrics import CalibratedRecallK, NDCGK
-
-    return {"recall@20": CalibratedRecallK(20), "recall@50": CalibratedRecallK(50), "ndcg@100": NDCGK(100)}
 
 
 # ---------------------------------------------------------------- the text encoder as a scorer
@@ -210,12 +203,21 @@ def top_k_rows(scores: np.ndarray, k: int, groups: int | None = None) -> np.ndar
     return top
 
 
-def _per_user(metric, y_true: sp.csr_matrix, y_pred: sp.csr_matrix) -> np.ndarray:
-    metric.calculate(y_true, y_pred)
-    res = metric.results
-    out = np.full(y_true.shape[0], np.nan)
-    out[res["user_id"].to_numpy(dtype=np.int64)] = res["score"].to_numpy(dtype=np.float64)
-    return out
+def target_hits(y_true: sp.csr_matrix, top: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """users x ranks booleans: whether the candidate ranked there (top, columns of y_true) is a target.
+
+    One sorted search of (row, column) keys: y_true's stored entries are the targets, found without a
+    dense users x candidates copy. valid False (an excluded candidate, never recommended) is no hit.
+    """
+    y_true = sp.csr_matrix(y_true)
+    y_true.sort_indices()
+    n_cand = y_true.shape[1]
+    target_keys = np.repeat(np.arange(y_true.shape[0], dtype=np.int64), np.diff(y_true.indptr)) * n_cand \
+        + y_true.indices  # ascending: rows in order, sorted columns within a row
+    top_keys = np.arange(top.shape[0], dtype=np.int64)[:, None] * n_cand + top
+    at = np.minimum(np.searchsorted(target_keys, top_keys), max(target_keys.size - 1, 0))
+    found = target_keys[at] == top_keys if target_keys.size else np.zeros(top.shape, dtype=bool)
+    return found & valid
 
 
 def bootstrap_stderr(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
@@ -266,10 +268,7 @@ def popularity_report(y_true: sp.csr_matrix, top20: np.ndarray, valid: np.ndarra
     """
     stratum, percentile = popularity_strata(y_true)
     y_true = sp.csr_matrix(y_true)
-    n_cand = y_true.shape[1]
-    target_keys = np.repeat(np.arange(y_true.shape[0]), np.diff(y_true.indptr)) * n_cand + y_true.indices
-    top_keys = np.arange(top20.shape[0])[:, None] * n_cand + top20
-    hits = np.isin(top_keys, target_keys) & valid
+    hits = target_hits(y_true, top20, valid)
     found = np.bincount(stratum[top20][hits], minlength=3)
     targets = np.bincount(stratum[y_true.indices], minlength=3)
     out = {f"recall@20_{name}": float(found[g] / targets[g]) if targets[g] else None for g, name in enumerate(STRATA)}
@@ -321,13 +320,12 @@ def score_split(
     keep = (np.diff(source.indptr) > 0) & (np.diff(y_true_all.indptr) > 0)
     rows = np.flatnonzero(keep)
     excluded = int(split.excluded_users) + int((~keep).sum())
-    metrics = _recpack_metrics()
+    n_targets = np.diff(y_true_all.indptr)
     per_user = np.zeros((len(rows), len(METRICS)))
     top20 = np.zeros((len(rows), min(20, cand.size)), dtype=np.int64)
     top20_valid = np.zeros(top20.shape, dtype=bool)
 
-    # Two batch sizes: RecPack runs on `batch_users` users at a time (its cost is mostly per call),
-    # while the scorer and the ranking see at most MAX_BLOCK scores at once (16 users when every one
+    # Two batch sizes: the metrics run on `batch_users` users at a time, while the scorer and the ranking see at most MAX_BLOCK scores at once (16 users when every one
     # of 10^6 items is a candidate). Each user's metrics depend on that user's ranking only. (The
     # float64 product itself can differ in the last bit with the number of users per product: with
     # this machine's OpenBLAS, 1 user goes through gemv; at 10^6 candidates 2-44 users give the same bits.)
@@ -356,23 +354,11 @@ def score_split(
             progress.update(len(users))
         top20[start:start + len(batch)] = top[:, :top20.shape[1]]
         top20_valid[start:start + len(batch)] = valid[:, :top20.shape[1]]
-        # Encode the rank as a distinct positive value (TOP_N for the best) so RecPack's own
-        # top-K selection reproduces this ranking exactly, including zero scores and ties.
-        rank_value = np.broadcast_to(np.arange(TOP_N, TOP_N - k, -1, dtype=np.float64), top.shape)
-        row_idx = np.broadcast_to(np.arange(len(batch))[:, None], top.shape)
-        y_pred = sp.csr_matrix(
-            (rank_value[valid], (row_idx[valid], top[valid])), shape=(len(batch), len(cand))
-        )
-        y_true = y_true_all[batch]
-        for j, name in enumerate(METRICS):
-            per_user[start:start + len(batch), j] = _per_user(metrics[name], y_true, y_pred)
+        hits = target_hits(y_true_all[batch], top, valid)
+        per_user[start:start + len(batch)] = ranking_metrics(hits, n_targets[batch])
     progress.close()
 
     n = len(rows)
-    # every kept user has a target, so RecPack must have returned a value for each
-    if np.isnan(per_user).any():
-        raise BeerayError(f"RecPack returned no metric for {int(np.isnan(per_user).any(axis=1).sum())} "
-                          f"users that have a target ({split.name} split)")
     means = per_user.mean(axis=0) if n else np.zeros(len(METRICS))
     errs = bootstrap_stderr(per_user, bootstrap, seed) if n else np.zeros(len(METRICS))
     result: dict = {name: float(means[j]) for j, name in enumerate(METRICS)}

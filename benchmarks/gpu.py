@@ -1,14 +1,12 @@
 """The beeFormer step on a CUDA machine: exactness, host syncs, speed against the reference step, quality.
 
-Needs only torch, transformers, sentence-transformers, numpy, pandas and pyarrow: no Ray, Optuna
-or RecPack (RecPack, when present, scores the quality run here; else `gpu.py score` does it
-elsewhere), no pytest, no network. Give it a prepared folder (`beeray prepare goodbooks ...`) and a
+Needs only torch, transformers, sentence-transformers, numpy, scipy, pandas and pyarrow: no Ray or
+Optuna (the quality run is scored here, by beeray's own metrics), no pytest, no network. Give it a prepared folder (`beeray prepare goodbooks ...`) and a
 model folder (all-MiniLM-L6-v2; fp16 folders load as float32). Everything runs in this one process.
 benchmarks/gpu_carry.sh assembles both (under 64 MiB) and prints the one command line to run.
 
   python benchmarks/gpu.py --data DIR --model DIR --out gpu.json            # --quick: <= 6 min on an H200
   python benchmarks/gpu.py --full --data DIR --model DIR --out gpu.json     # the full tables (~10 min on an H100)
-  python benchmarks/gpu.py score --data DIR --run gpu.json   # metrics of a quality run's saved embeddings
   python benchmarks/gpu.py --cpu --data DIR --model DIR --out x.json   # the same code, tiny sizes (make test)
 
 Parts (both modes run all of them; --parts picks some):
@@ -29,8 +27,7 @@ Parts (both modes run all of them; --parts picks some):
            any timing. Best of --reps repetitions, interleaved.
   quality  MiniLM trained in this process on the training catalog (warm items only) with beeray's
            Recipe (--quick: about 60 steps; --full: 20 epochs), then base and trained item
-           embeddings; scored with beeray's evaluator where RecPack is installed, else saved next
-           to --out for `gpu.py score`.
+           embeddings, scored with beeray's evaluator on the validation and test cold items.
 """
 
 from __future__ import annotations
@@ -459,24 +456,11 @@ def quality(args, sizes, data, device, out: Path) -> dict:
         model.max_seq_length = sizes["msl"]
         model.eval()
         embeddings[who] = encode_items(model, data.texts, batch_size=256, show_progress=False)
-    try:
-        import recpack  # noqa: F401
-    except ImportError:  # no RecPack on the GPU image: save the embeddings, score them elsewhere
-        for who, emb in embeddings.items():
-            path = out.with_name(f"{out.stem}-{who}.npy")
-            np.save(path, emb)
-            result[f"{who}_embeddings"] = path.name
-        log("RecPack not installed here: embeddings saved; score them with `gpu.py score` where it is")
-        return result
-    result["metrics"] = score_embeddings(data, embeddings)
-    return result
-
-
-def score_embeddings(data: PreparedData, embeddings: dict[str, np.ndarray]) -> dict:
     from beeray.evaluate import CBFScorer, score_split
 
-    return {who: {split: score_split(CBFScorer(emb), data.eval_split(split)) for split in ("val", "test")}
-            for who, emb in embeddings.items()}
+    result["metrics"] = {who: {split: score_split(CBFScorer(emb), data.eval_split(split)) for split in ("val", "test")}
+                         for who, emb in embeddings.items()}
+    return result
 
 
 # ---------------------------------------------------------------- report
@@ -510,8 +494,7 @@ def summary(doc: dict) -> str:
     if "quality" in doc:
         q = doc["quality"]
         out.append(f"quality: {q['steps']} steps on {q['catalog_items']} warm items in {q['train_s']:.0f}s "
-                   f"({q['precision']}), loaded as {q['loaded_dtype']}"
-                   + ("" if "metrics" in q else "; embeddings saved for `gpu.py score`"))
+                   f"({q['precision']}), loaded as {q['loaded_dtype']}")
         for who, per in q.get("metrics", {}).items():
             for split, res in per.items():
                 out.append(f"  {who:8s} {split:5s} recall@20 {res['recall@20']:.4f} ± {res['stderr']['recall@20']:.4f}"
@@ -577,39 +560,21 @@ def run(args) -> dict:
     return doc
 
 
-def score(args) -> dict:
-    """Metrics of a quality run's saved embeddings with beeray's evaluator (needs RecPack)."""
-    run_path = Path(args.run)
-    doc = json.loads(run_path.read_text())
-    q = doc["quality"]
-    data = PreparedData.load(args.data)
-    embeddings = {who: np.load(run_path.with_name(q[f"{who}_embeddings"])) for who in ("base", "trained")}
-    q["metrics"] = score_embeddings(data, embeddings)
-    write(run_path, doc)
-    return doc
-
-
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["score"]:
-        p = argparse.ArgumentParser(prog="gpu.py score")
-        p.add_argument("--data", required=True)
-        p.add_argument("--run", required=True, help="the JSON a quality run wrote (embeddings beside it)")
-        doc = score(p.parse_args(argv[1:]))
-    else:
-        p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("--data", required=True, help="prepared folder (beeray prepare goodbooks ...)")
-        p.add_argument("--model", required=True, help="SentenceTransformer folder (MiniLM; fp16 is fine)")
-        p.add_argument("--out", required=True, help="JSON file for the results (written after each part)")
-        mode = p.add_mutually_exclusive_group()
-        mode.add_argument("--quick", action="store_true", help="the default: fits one 15-minute GPU lease")
-        mode.add_argument("--full", action="store_true", help="fp32 and bf16 speed rows, 2 reps, 20-epoch quality run")
-        p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
-        p.add_argument("--reps", type=int, default=0, help="timed repetitions (default: 1 with --quick, 2 with --full)")
-        p.add_argument("--activation-memory", type=float, default=None,
-                       help="GiB of kept pass-1 graphs for the second timed step (default: half the GPU)")
-        p.add_argument("--cpu", action="store_true", help="tiny sizes on the CPU: the code path check for make test")
-        doc = run(p.parse_args(argv))
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="prepared folder (beeray prepare goodbooks ...)")
+    p.add_argument("--model", required=True, help="SentenceTransformer folder (MiniLM; fp16 is fine)")
+    p.add_argument("--out", required=True, help="JSON file for the results (written after each part)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="the default: fits one 15-minute GPU lease")
+    mode.add_argument("--full", action="store_true", help="fp32 and bf16 speed rows, 2 reps, 20-epoch quality run")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    p.add_argument("--reps", type=int, default=0, help="timed repetitions (default: 1 with --quick, 2 with --full)")
+    p.add_argument("--activation-memory", type=float, default=None,
+                   help="GiB of kept pass-1 graphs for the second timed step (default: half the GPU)")
+    p.add_argument("--cpu", action="store_true", help="tiny sizes on the CPU: the code path check for make test")
+    doc = run(p.parse_args(argv))
     print(summary(doc))
     if "seconds" in doc:
         print(f"gpu.py {doc['mode']}: {doc['seconds']:.0f} s from the data load to the end")

@@ -6,8 +6,8 @@
 #
 # .gpu-carry/ (git-ignored) then holds the Goodbooks subset prepared as `make results` prepares it
 # (no tokenized catalogs: the GPU machine tokenizes on its own cores, outside any timing),
-# all-MiniLM-L6-v2 in float16 (gpu.py loads it as float32) and the RecPack wheel (pure Python;
-# recpack.metrics needs none of its other dependencies), so that the quality run is scored there.
+# and all-MiniLM-L6-v2 in float16 (gpu.py loads it as float32). The quality run is scored there by
+# beeray's own metrics, so no package travels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARRY=.gpu-carry
@@ -16,7 +16,8 @@ SHARED=${SHARED_DATA:-../shared/data}
 LIMIT=$((64 * 1024 * 1024))
 export HF_HUB_OFFLINE=1
 
-mkdir -p "$CARRY/wheels"
+mkdir -p "$CARRY"
+rm -rf "$CARRY/wheels"  # an older carry's RecPack wheel
 if [ ! -f "$CARRY/goodbooks/stats.json" ]; then
   "$BIN/beeray" prepare goodbooks --input "$SHARED/goodbooks" --out "$CARRY/goodbooks"
 fi
@@ -24,11 +25,6 @@ rm -rf "$CARRY/goodbooks/tokens"
 if [ ! -f "$CARRY/minilm/config.json" ]; then
   "$BIN/python" -c "import sys; from beeray.models import DEFAULT_MODEL, load_model, save_model; \
 save_model(load_model(DEFAULT_MODEL), sys.argv[1], 'float16')" "$CARRY/minilm"
-fi
-recpack=$("$BIN/python" -c "import importlib.metadata as m; print(m.version('recpack'))")
-if ! ls "$CARRY"/wheels/recpack-"$recpack"-*.whl >/dev/null 2>&1; then
-  rm -f "$CARRY"/wheels/recpack-*.whl
-  "$BIN/pip" download -q --no-deps --only-binary=:all: -d "$CARRY/wheels" "recpack==$recpack"
 fi
 
 # What travels: the tracked files, untracked files git does not ignore, and .gpu-carry.
@@ -44,6 +40,5 @@ if [ "$total" -ge "$LIMIT" ]; then
 fi
 mode=${1:---quick}
 echo "run with carry [\"$CARRY\"]:"
-echo "set -o pipefail; python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site $CARRY/wheels/*.whl" \
-     "&& export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 && nvidia-smi -L && python3 benchmarks/gpu.py $mode" \
+echo "set -o pipefail; export HF_HUB_OFFLINE=1 && nvidia-smi -L && python3 benchmarks/gpu.py $mode" \
      "--data $CARRY/goodbooks --model $CARRY/minilm --out \$OUT/gpu.json 2>&1 | tee \$OUT/gpu.log"

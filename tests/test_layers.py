@@ -65,3 +65,16 @@ def test_bottom_modules_import_nothing_above_them():
     # the config is read before anything runs: it may not pull in the evaluator or the reports
     assert not graph["beeray.config"] & {"beeray.evaluate", "beeray.artifacts", "beeray.tracking"}
     assert "beeray.artifacts" not in graph["beeray.models"] | graph["beeray.evaluate"]
+
+
+def test_no_recpack_or_copyleft_import():
+    """RecPack (AGPL, numpy 1 only) is the oracle the metrics are tested against, never a dependency: no
+    beeray or benchmarks module imports it, and the default install does not have it."""
+    import importlib.util
+
+    for path in [*PACKAGE.rglob("*.py"), *(PACKAGE.parent / "benchmarks").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.split(".")[0] in {"recpack", "hyperopt"} for n in names), path
+    assert importlib.util.find_spec("recpack") is None or __import__("os").environ.get("BEERAY_ORACLE") == "1"

@@ -80,3 +80,11 @@ def dense_columns(scores: sp.spmatrix, candidates: np.ndarray) -> np.ndarray:
 
 
 __all__ = ["Baseline", "Context", "dense_columns"]
+
+
+def binary(x: sp.spmatrix) -> sp.csr_matrix:
+    """x as a binary csr matrix of its dtype (float32 for ctx.train): every stored nonzero becomes 1."""
+    out = sp.csr_matrix(x, copy=True)
+    out.eliminate_zeros()
+    out.data = np.ones_like(out.data)
+    return out

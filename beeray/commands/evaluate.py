@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="cold-start / time-split metrics of sentence encoders on a prepared dataset",
         description="\n\n".join(textwrap.fill(par, 100) for par in (
             "Encode the split's items with each model, score users with relu(x Â Âᵀ − x) over the "
-            "split's candidates and report CalibratedRecall@20/@50 and NDCG@100 (RecPack) with "
+            "split's candidates and report calibrated Recall@20/@50 (hits / min(K, targets)) and NDCG@100, as RecPack defines them, with "
             "bootstrap standard errors, plus Recall@20 on the head / middle / tail thirds of the targets by "
             "popularity. Several --model evaluate each on the same split (a model trained on another dataset "
             "gives the cross-dataset / zero-shot figure); --baseline adds baselines scored the same way. The "

@@ -28,8 +28,9 @@ $(BIN)/.extras: $(BIN)/.installed
 # The SANSA baseline (the `sansa` extra): scikit-sparse has no wheels and compiles against SuiteSparse's
 # CHOLMOD, so its headers (Debian: libsuitesparse-dev) and a C compiler come first, from apt when we are
 # root, else a one-line error saying what to install. Left to itself, scikit-sparse 0.4.16's build would
-# fetch the newest numpy 2 and Cython into an isolated environment; without isolation it compiles against
-# the venv's own numpy<2 with a pinned Cython (and wheel, for bdist_wheel under older setuptools).
+# build numpy 2 from source in an isolated environment (which fails without autotools); without isolation
+# it compiles against the venv's own numpy 2 with a pinned Cython (and wheel, for bdist_wheel under older
+# setuptools). 0.4.16, not 0.5: see pyproject.toml.
 # Under a minute on 2 cores (15-20 s of it compiling); kept out of `make setup`: the demo stays small.
 SUITESPARSE_INCLUDE_DIR ?= /usr/include/suitesparse
 $(BIN)/.sansa: $(BIN)/.installed

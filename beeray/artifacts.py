@@ -179,7 +179,8 @@ def _base_license(name: str) -> str | None:
     return None
 
 
-def model_card(model_dir: Path, cfg: dict, stats: dict, metrics: dict, model=None) -> Path:
+def model_card(model_dir: Path, cfg: dict, stats: dict, metrics: dict, model=None,
+               fingerprint: str | None = None) -> Path:
     """Write `model_dir/README.md`: sentence-transformers' own model card, filled through its card data
     (base model, datasets, language, license where the base model's card states one, tags), with the
     trained model's test metrics as `model-index` and beeray's training record below. Offline: the card
@@ -248,6 +249,9 @@ def model_card(model_dir: Path, cfg: dict, stats: dict, metrics: dict, model=Non
         f"- data fingerprint: `{stats.get('fingerprint')}`",
         f"- {cold}",
     ]
+    if fingerprint:
+        lines.append(f"- model fingerprint: `{fingerprint}` (SHA-256 over this folder's weights, configs and "
+                     "tokenizer; `beeray embed` records it, and `beeray recommend --model` checks it)")
     if record is not None:
         lines.append(f"- `{training_record.RECORD}` in this folder lists the {len(record['item_ids'])} items the "
                      "model trained on (dataset-qualified ids, with the prepared folder and its fingerprint); "

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from beeray.errors import TRANSIENT, storage_problem
+
 MODEL_DIR = "model"  # a plain SentenceTransformer folder: the checkpoint is usable as a model
+STATE = "state.json"  # written last: a checkpoint folder without it is torn, never one to resume from
+# Uploads to an object store that stopped answering are tried again after 2, 4, 8, 16 and 32 s (about a
+# minute in all: a restarted endpoint, a network blip), then the run fails with where to resume from.
+UPLOAD_ATTEMPTS, UPLOAD_FIRST_WAIT_S = 6, 2.0
 
 
 @dataclass
@@ -32,7 +42,7 @@ def save_checkpoint(path: Path, model, optimizer, state: TrainState) -> None:
     # cluster, each checkpoint); the final model folder gets beeray's card (artifacts.model_card).
     model.save(str(path / MODEL_DIR), create_model_card=False)
     torch.save(optimizer.state_dict(), path / "optimizer.pt")
-    (path / "state.json").write_text(json.dumps(state.__dict__, indent=1))
+    (path / STATE).write_text(json.dumps(state.__dict__, indent=1))
 
 
 def load_checkpoint(path: Path, model, optimizer) -> TrainState:
@@ -49,7 +59,107 @@ def load_checkpoint(path: Path, model, optimizer) -> TrainState:
 
 def read_state(path: Path) -> TrainState:
     """The TrainState of a checkpoint folder, without loading the model."""
-    return TrainState(**json.loads((Path(path) / "state.json").read_text()))
+    return TrainState(**json.loads((Path(path) / STATE).read_text()))
+
+
+def persist(src: str | Path, dest: str, filesystem=None, *, attempts: int = UPLOAD_ATTEMPTS,
+            first_wait_s: float = UPLOAD_FIRST_WAIT_S, log=print) -> None:
+    """Copy the checkpoint folder `src` to `dest` in Ray's storage so that it is whole or absent: on a
+    local (or mounted) file system it is copied under a hidden temporary name and renamed into place,
+    in object storage (no rename) its files are uploaded with state.json last. `filesystem`: the
+    pyarrow filesystem of `dest`, None for a local path. An object store that does not answer is tried
+    again with bounded backoff; any other error (a full disk, access denied) fails at once."""
+    for attempt in range(1, attempts + 1):
+        try:
+            _copy(Path(src), dest, filesystem)
+            return
+        except OSError as exc:
+            if attempt == attempts or storage_problem(exc) != TRANSIENT:
+                raise
+            wait = first_wait_s * 2 ** (attempt - 1)
+            log(f"beeray: checkpoint upload to {dest} failed ({' '.join(str(exc).split())[:120]}); "
+                f"retrying in {wait:g} s ({attempt}/{attempts - 1})")
+            time.sleep(wait)
+
+
+def _copy(src: Path, dest: str, filesystem) -> None:
+    names = sorted((p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()),
+                   key=lambda rel: rel == STATE)  # state.json last
+    if filesystem is None or type(filesystem).__name__ == "LocalFileSystem":
+        target = Path(dest)
+        tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            shutil.copytree(src, tmp)
+            if target.exists():  # an earlier attempt's copy (renamed in whole, so complete) gives way
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
+    for rel in names:
+        with open(src / rel, "rb") as fh, filesystem.open_output_stream(f"{dest}/{rel}") as out:
+            shutil.copyfileobj(fh, out, 8 << 20)
+
+
+def ray_upload(experiment: str, filesystem=None, log=print):
+    """Ray Train's `checkpoint_upload_fn` for a run whose storage is `experiment` (storage_path/name):
+    persists each checkpoint with `persist` and hands Ray the copy."""
+    def upload(checkpoint, dir_name: str):
+        import ray.train
+
+        dest = f"{experiment}/{dir_name}"
+        persist(checkpoint.path, dest, filesystem, log=log)
+        return ray.train.Checkpoint(dest, filesystem=filesystem)
+
+    return upload
+
+
+def saved_checkpoints(experiment: str, filesystem=None) -> tuple[list[str], list[str]]:
+    """(complete, torn) checkpoint folders under a run's Ray storage `experiment`: torn ones (a hidden
+    temporary copy, or a folder without state.json) are what a crash or a full disk left mid-copy."""
+    from pyarrow import fs as pafs
+
+    filesystem = filesystem or pafs.LocalFileSystem()
+    try:
+        infos = filesystem.get_file_info(pafs.FileSelector(experiment, allow_not_found=True))
+    except OSError:
+        return [], []
+    complete, torn = [], []
+    for info in infos:
+        if info.type != pafs.FileType.Directory or "checkpoint_" not in info.base_name:
+            continue
+        whole = not info.base_name.startswith(".") and \
+            filesystem.get_file_info(f"{info.path}/{STATE}").type == pafs.FileType.File
+        (complete if whole else torn).append(info.path)
+    return sorted(complete), sorted(torn)
+
+
+def last_saved(experiment: str, filesystem=None) -> TrainState | None:
+    """The TrainState of the newest complete checkpoint of a run (None when there is none)."""
+    from pyarrow import fs as pafs
+
+    filesystem = filesystem or pafs.LocalFileSystem()
+    best = None
+    for path in saved_checkpoints(experiment, filesystem)[0]:
+        try:
+            with filesystem.open_input_stream(f"{path}/{STATE}") as fh:
+                state = TrainState(**json.loads(fh.read().decode("utf-8")))
+        except (OSError, ValueError, TypeError):
+            continue
+        if best is None or state.global_step > best.global_step:
+            best = state
+    return best
+
+
+def remove_torn(experiment: str, filesystem=None, log=print) -> None:
+    """Delete the torn checkpoint folders of a run before it resumes, saying so (Ray never registered
+    them: it registers a checkpoint once `persist` returns)."""
+    from pyarrow import fs as pafs
+
+    filesystem = filesystem or pafs.LocalFileSystem()
+    for path in saved_checkpoints(experiment, filesystem)[1]:
+        log(f"beeray: skipping the torn checkpoint {path} (its copy did not finish); removing it")
+        filesystem.delete_dir(path)
 
 
 def resolve_resume(out: str | Path, state: str, resume: bool | str, what: str = "run") -> bool:

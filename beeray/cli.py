@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
+import os
 import sys
 
-from beeray.errors import BeerayError
+from beeray.errors import BeerayError, user_message
 
 _COMMANDS = ["prepare", "evaluate", "train", "tune", "compare", "embed", "recommend"]
 
@@ -41,7 +43,32 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"beeray {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a full disk or an object store's refusal is the user's to fix, not a bug
+        message = user_message(exc)
+        if message is None:
+            raise
+        print(f"beeray {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def run() -> None:
+    """The `beeray` executable: main(), then an exit that skips the C++ runtime's teardown.
+
+    Once Python's own exit handlers have run (Ray's shutdown, logging, temporary folders), the status
+    is final; a native thread pool still alive at that point (pyarrow's, a tokenizer's) could otherwise
+    abort the process while static objects are destroyed ("terminate called without an active
+    exception", status 134) and turn a clean 0 or 2 into a crash at random."""
+    try:
+        code = main()
+    except SystemExit as exc:  # argparse's usage errors (2), --help (0)
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()  # what interpreter shutdown would run first; then nothing native runs
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

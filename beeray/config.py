@@ -96,27 +96,34 @@ class TrainConfig:
     # from a checkpoint (0 = never). Shows that max_failures / --resume recover.
     crash_at_step: int = 0
 
-    def validate(self, where: str = "config") -> "TrainConfig":
+    def validate(self, where: str = "config", origins: dict[str, str] | None = None) -> "TrainConfig":
+        """Check the values together; `origins`: the flag each key's value came from (--epochs, --set lr),
+        named in the message instead of `where` (the config file)."""
+        def at(*names: str) -> str:
+            return next((origins[n] for n in names if origins and n in origins), where)
+
         positive = ["lr", "epochs", "batch_size", "m", "max_seq_length", "encode_batch_size", "num_workers",
                     "cpus_per_worker", "keep_checkpoints"]
         for name in positive:
             if getattr(self, name) <= 0:
-                raise BeerayError(f"{where}: {name} must be > 0, got {getattr(self, name)!r}")
+                raise BeerayError(f"{at(name)}: {name} must be > 0, got {getattr(self, name)!r}")
         for name in ["checkpoint_every", "max_failures", "weight_decay", "activation_memory", "warmup_steps"]:
             if getattr(self, name) < 0:
-                raise BeerayError(f"{where}: {name} must be >= 0, got {getattr(self, name)!r}")
+                raise BeerayError(f"{at(name)}: {name} must be >= 0, got {getattr(self, name)!r}")
         if self.use_gpu and self.gpus_per_worker < 1:
-            raise BeerayError(f"{where}: gpus_per_worker must be a positive integer with use_gpu (each worker "
-                              f"trains on a GPU of its own), got {self.gpus_per_worker!r}")
+            raise BeerayError(f"{at('gpus_per_worker', 'use_gpu')}: gpus_per_worker must be a positive integer with "
+                              f"use_gpu (each worker trains on a GPU of its own), got {self.gpus_per_worker!r}")
         for name, weight in self.dataset_weights.items():
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
                     or weight <= 0:
-                raise BeerayError(f"{where}: dataset_weights.{name} must be a number > 0, got {weight!r}")
+                raise BeerayError(f"{at('dataset_weights')}: dataset_weights.{name} must be a number > 0, "
+                                  f"got {weight!r}")
         if self.dataset_weights and self.batch_composition != "per_dataset":
-            raise BeerayError(f"{where}: dataset_weights needs batch_composition: per_dataset "
-                              f"(joint steps draw users from every dataset at once)")
+            raise BeerayError(f"{at('dataset_weights', 'batch_composition')}: dataset_weights needs "
+                              "batch_composition: per_dataset (joint steps draw users from every dataset at once)")
         if self.parallel == "items" and self.batch_size < self.num_workers:
-            raise BeerayError(f"{where}: batch_size {self.batch_size} < num_workers {self.num_workers}")
+            raise BeerayError(f"{at('batch_size', 'num_workers')}: batch_size {self.batch_size} < num_workers "
+                              f"{self.num_workers}")
         return self
 
     # The only fields --resume may change: where the run lives, how it is supervised, and how long
@@ -408,15 +415,16 @@ def _number(name: str, value: Any, where: str) -> float | int:
     return num
 
 
-def from_dict(cls, values: dict, where: str, what: str = ""):
-    """An instance of dataclass `cls` from a mapping: unknown keys and wrong types are errors."""
+def from_dict(cls, values: dict, where: str, what: str = "", origins: dict[str, str] | None = None):
+    """An instance of dataclass `cls` from a mapping: unknown keys and wrong types are errors, named by
+    `where` (the file), or by the flag a key came from (`origins`: key -> "--epochs")."""
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise BeerayError(f"{where}: unknown {what + ' ' if what else ''}key(s) {', '.join(map(str, unknown))}; "
                           f"known: {', '.join(sorted(known))}")
-    return cls(**{k: _coerce(k, hints[k], v, where) for k, v in values.items()})
+    return cls(**{k: _coerce(k, hints[k], v, (origins or {}).get(k, where)) for k, v in values.items()})
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -443,12 +451,17 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
-def train_config(path: str | None = None, overrides: dict | None = None) -> TrainConfig:
+def train_config(path: str | None = None, overrides: dict | None = None,
+                 origins: dict[str, str] | None = None) -> TrainConfig:
+    """The TrainConfig of YAML file `path` with `overrides` on top; an error in a value names the flag it
+    came from (`origins`: key -> flag, e.g. {"epochs": "--epochs", "lr": "--set lr"}), else the file."""
     values = load_yaml(path) if path else {}
     values = dict(values.get("train", values))  # a tune config nests the training part under `train:`
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    values.update(given)
     where = str(path or "command line")
-    return from_dict(TrainConfig, values, where).validate(where)
+    origins = {k: flag for k, flag in (origins or {}).items() if k in given}
+    return from_dict(TrainConfig, values, where, origins=origins).validate(where, origins)
 
 
 def parse_tune_config(values: dict, where: str) -> TuneConfig:

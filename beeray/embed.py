@@ -18,7 +18,10 @@ the GPU is not left waiting for one CPU. Layout of OUT:
 
 Resumable: a shard file is written only when complete, and a re-run with the same model, catalog,
 shard size, dtype and precision keeps every shard whose digest (its ids and texts) is unchanged, so a killed
-run continues where it stopped and a catalog that grew re-encodes only the shards that changed.
+run continues where it stopped and a catalog that grew re-encodes only the shards that changed. The
+model is identified by its content (beeray.models.model_fingerprint, recorded in embed.json), not by
+its path: a folder retrained in place is another model, and every shard is encoded again with it, so
+OUT never holds two models' vectors. One run writes OUT at a time (beeray.files.run_lock).
 On a cluster OUT must be storage that every node can write: object storage (s3://bucket/prefix, the
 actors upload their shards there; embed.json with "complete": true is written last, so a reader
 never takes a half-written OUT), or a shared file system.
@@ -130,11 +133,6 @@ def embed(model: str, items: ItemTexts, out: str | Path, *, shard_size: int = 10
 
     `batch_size` defaults to 64 texts on CPUs and 512 with `use_gpu`; `cpus_per_worker` (CPUs per
     encoder actor, which also tokenize) to 1 on CPUs and 4 with `use_gpu`."""
-    import ray
-
-    from beeray.models import resolve_model
-    from beeray.trainer import init_ray
-
     batch_size = batch_size or BATCH_SIZE["gpu" if use_gpu else "cpu"]
     cpus_per_worker = cpus_per_worker or (4 if use_gpu else 1)
     if shard_size <= 0 or workers <= 0 or batch_size <= 0 or cpus_per_worker <= 0:
@@ -143,20 +141,42 @@ def embed(model: str, items: ItemTexts, out: str | Path, *, shard_size: int = 10
         raise BeerayError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if precision not in PRECISIONS:
         raise BeerayError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    out = files.Folder(out)
+    if files.is_url(out):
+        files.preflight(str(out))
+    with files.run_lock(out, "embedding run"):  # one writer per OUT: two would mix their shards
+        return _embed(model, items, files.Folder(out), shard_size=shard_size, workers=workers, dtype=dtype,
+                      batch_size=batch_size, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker,
+                      precision=precision, build_index=build_index, address=address,
+                      trust_remote_code=trust_remote_code, log=log)
+
+
+def _embed(model: str, items: ItemTexts, out: files.Folder, *, shard_size: int, workers: int, dtype: str,
+           batch_size: int, use_gpu: bool, cpus_per_worker: int, precision: str, build_index: bool,
+           address: str | None, trust_remote_code: bool, log) -> dict:
+    import ray
+
+    from beeray.models import model_fingerprint, resolve_model
+    from beeray.trainer import init_ray
+
     shards = plan(items, shard_size)
-    manifest = {"model": resolve_model(model), "items": items.source, "rows": len(items), "shard_size": shard_size,
-                "dtype": dtype, "precision": precision, "shards": [d for _, _, d in shards],
-                "skipped_rows": len(items.skipped), "complete": False}
+    manifest = {"model": resolve_model(model), "model_fingerprint": model_fingerprint(model), "items": items.source,
+                "rows": len(items), "shard_size": shard_size, "dtype": dtype, "precision": precision,
+                "shards": [d for _, _, d in shards], "skipped_rows": len(items.skipped), "complete": False}
     exists = out.exists(MANIFEST)
     before = json.loads(out.read_text(MANIFEST)) if exists else {**manifest, "shards": []}
     if exists:
         # A folder from before precision was recorded was encoded in float32.
         before.setdefault("precision", "fp32")
-        changed = [k for k in ("model", "shard_size", "dtype", "precision") if before.get(k) != manifest[k]]
+        changed = [k for k in ("shard_size", "dtype", "precision") if before.get(k) != manifest[k]]
         if changed:
             raise BeerayError(f"{out} holds embeddings made with another {', '.join(changed)} "
                               f"({', '.join(f'{k}={before.get(k)!r}' for k in changed)}): choose another --out")
+        if before.get("model_fingerprint") != manifest["model_fingerprint"]:
+            # Another model's vectors (or ones of unknown origin) must not stay beside this one's.
+            log(f"{out} holds embeddings of another model ({before.get('model')}, "
+                f"{before.get('model_fingerprint') or 'no fingerprint recorded'}; now {manifest['model_fingerprint']}): "
+                "re-encoding every shard")
+            before["shards"] = []
     done = {k for k, (_, _, d) in enumerate(shards)
             if k < len(before["shards"]) and before["shards"][k] == d and out.exists(shard_name(k))}
     for name in out.names(SHARDS):
@@ -164,7 +184,7 @@ def embed(model: str, items: ItemTexts, out: str | Path, *, shard_size: int = 10
             out.delete(f"{SHARDS}/{name}")  # a shard a killed run was writing (local disk)
         elif name.startswith("part-") and name.endswith(".parquet") and \
                 int(name.removeprefix("part-").removesuffix(".parquet")) not in done:
-            out.delete(f"{SHARDS}/{name}")  # a shard of other texts, or beyond the catalog's new end
+            out.delete(f"{SHARDS}/{name}")  # a shard of other texts, of another model, or beyond the catalog's end
     write_manifest(out, manifest)
     pending = [k for k in range(len(shards)) if k not in done]
     log(f"embedding {len(items):,} items in {len(shards)} shards of {shard_size:,}: {len(done)} already done, "
@@ -209,14 +229,26 @@ def write_manifest(out: files.Folder, manifest: dict) -> None:
     out.write_text(MANIFEST, json.dumps(manifest, indent=2, default=float) + "\n")
 
 
-def load_embeddings(out: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(item ids, float32 embeddings) of a complete `beeray embed` folder (or URL), rows in shard order."""
+def load_embeddings(out: str | Path, model: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(item ids, float32 embeddings) of a complete `beeray embed` folder (or URL), rows in shard order.
+    `model`: refuse a folder whose vectors another model made (by content: beeray.models.model_fingerprint)."""
     out = files.Folder(out, "--embeddings")
     if not out.exists(MANIFEST):
         raise BeerayError(f"{out}: no {MANIFEST} (not a `beeray embed` output folder)")
-    manifest = json.loads(out.read_text(MANIFEST))
+    try:
+        manifest = json.loads(out.read_text(MANIFEST))
+    except ValueError as exc:
+        raise BeerayError(f"{out}/{MANIFEST}: not valid JSON ({exc}); re-run `beeray embed`") from None
     if not manifest.get("complete"):
         raise BeerayError(f"{out}: the embedding run did not finish; re-run `beeray embed` to complete it")
+    if model is not None:
+        from beeray.models import model_fingerprint
+
+        want, have = model_fingerprint(model), manifest.get("model_fingerprint")
+        if want != have:
+            raise BeerayError(f"{out} holds embeddings of another model ({manifest.get('model')}, "
+                              f"{have or 'no fingerprint recorded'}), not of {model} ({want}): re-run "
+                              f"`beeray embed --model {model}`, or leave --model out")
     return _read_shards(out, len(manifest["shards"]))
 
 
@@ -225,7 +257,11 @@ def _read_shards(out: files.Folder | Path, n_shards: int) -> tuple[np.ndarray, n
     ids, rows = [], []
     for k in range(n_shards):
         with out.open(shard_name(k)) as fh:
-            table = pq.read_table(fh)
+            try:
+                table = pq.read_table(fh)
+            except (pa.ArrowException, OSError) as exc:  # torn by something other than beeray
+                raise BeerayError(f"{out}/{shard_name(k)}: not a readable Parquet file ({exc}); "
+                                  "re-run `beeray embed` to rewrite it") from None
         ids.append(np.asarray(table.column("item_id").to_pylist(), dtype=object))
         col = table.column("embedding").combine_chunks()
         rows.append(col.values.to_numpy().reshape(len(col), col.type.list_size).astype(np.float32))

@@ -18,18 +18,21 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from beeray.errors import BeerayError
+from beeray.errors import BeerayError, disk_full, storage_problem, user_message
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -88,8 +91,43 @@ def remote_fs(uri: str, what: str = "--out"):
     try:
         return pafs.FileSystem.from_uri(str(uri).rstrip("/"))
     except Exception as exc:  # ArrowInvalid (unknown scheme), OSError (no such host...): one line either way
+        if storage_problem(exc):
+            raise BeerayError(storage_error(uri, exc, what)) from None
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BeerayError(f"{what} {uri}: not a storage URL pyarrow can open ({detail})") from None
+
+
+def storage_error(uri: str, exc: BaseException, what: str = "--out") -> str:
+    """One line for pyarrow's error `exc` on the store of `uri`: what is wrong, with the key, bucket
+    or endpoint the user has to check (names only, never the secret)."""
+    problem = storage_problem(exc) or "object storage error"
+    bucket = str(uri).split("://", 1)[-1].split("/", 1)[0]
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3") or "the default endpoint"
+    if problem.startswith("access denied"):
+        context = f"key {os.environ.get('AWS_ACCESS_KEY_ID') or '(none set)'}, bucket {bucket}"
+    elif problem.startswith("the bucket"):
+        context = f"bucket {bucket} at {endpoint}"
+    else:
+        context = f"endpoint {endpoint}"
+    detail = " ".join(str(exc).split())
+    return f"{what} {uri}: {problem} ({context}; {detail[:160]})"
+
+
+def preflight(uri: str, what: str = "--out") -> None:
+    """Write, read back and delete one small object under `uri`, so that a wrong key, a missing bucket
+    or an unreachable endpoint fails here, in one line, before anything is staged or trained."""
+    filesystem, root = remote_fs(uri, what)
+    probe = f"{root}/.beeray-preflight-{uuid.uuid4().hex[:12]}"
+    try:
+        with filesystem.open_output_stream(probe) as fh:
+            fh.write(b"beeray")
+        with filesystem.open_input_stream(probe) as fh:
+            back = fh.read()
+        filesystem.delete_file(probe)
+    except OSError as exc:
+        raise BeerayError(storage_error(uri, exc, what)) from None
+    if back != b"beeray":
+        raise BeerayError(f"{what} {uri}: an object written there read back different bytes")
 
 
 def remote_info(uri: str, rel: str = ""):
@@ -300,6 +338,192 @@ def readable_dir(value: str | Path, what: str) -> Path:
     return fetch_dir(str(value), what) if is_url(value) else Path(value).expanduser()
 
 
+def read_parquet(path: str | Path, columns: list[str] | None = None, hint: str = ""):
+    """pyarrow.parquet.read_table, with a truncated or corrupt file (or a missing column) refused in
+    one line naming it, instead of pyarrow's "Parquet magic bytes not found" with no file named."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path, columns=columns)
+    except FileNotFoundError:
+        raise BeerayError(f"{path}: not found{'; ' + hint if hint else ''}") from None
+    except (pa.ArrowException, OSError) as exc:
+        if storage_problem(exc) or _is_disk_full(exc):
+            raise
+        detail = " ".join(str(exc).split())[:200]
+        raise BeerayError(f"{path}: not a readable Parquet file, truncated or corrupt ({detail})"
+                          f"{'; ' + hint if hint else ''}") from None
+
+
+def parquet_schema(path: str | Path, hint: str = ""):
+    """pyarrow.parquet.read_schema, with a torn file refused as read_parquet does."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_schema(path)
+    except (pa.ArrowException, OSError) as exc:
+        detail = " ".join(str(exc).split())[:200]
+        raise BeerayError(f"{path}: not a readable Parquet file, truncated or corrupt ({detail})"
+                          f"{'; ' + hint if hint else ''}") from None
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    return disk_full(exc) is not None
+
+
+@contextlib.contextmanager
+def _naming(path: Path):
+    """A full disk while `path` is written: one line naming `path` (pyarrow's and torch's errors often
+    name no file) and the space left there."""
+    try:
+        yield
+    except OSError as exc:
+        if not _is_disk_full(exc):
+            raise
+        raise BeerayError(user_message(exc, str(path))) from exc
+
+
+# ---------------------------------------------------------------- one run per output folder
+
+LOCK = ".beeray.lock"  # in a local OUT: flock'ed by the run writing it, holding its pid and host
+REMOTE_LOCK = "_LOCK.json"  # in an object-storage OUT: the holder, its heartbeat refreshed while it runs
+HEARTBEAT_S = 60.0
+STALE_S = 5 * HEARTBEAT_S  # a remote lock whose heartbeat is older belongs to a run that died
+
+
+def _holder() -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "heartbeat": time.time(),
+            "token": uuid.uuid4().hex}
+
+
+def _describe(holder: dict) -> str:
+    return f"pid {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')}"
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(out: str | Path, what: str = "run"):
+    """Hold the output `out` exclusively while a command writes it: a second command given the same
+    --out is refused in one line naming the holder, before it writes anything.
+
+    Local: an flock on OUT/.beeray.lock (released by the kernel when the holder exits, however it
+    exits: a lock left by a dead process is simply taken over). Object storage has no conditional
+    writes that pyarrow exposes: the lock is OUT/_LOCK.json, written, read back to detect a
+    simultaneous taker, and refreshed every minute; one not refreshed for five minutes (its run died)
+    or left by a dead process of this host is taken over. Two hosts starting within the same second can
+    still both win (docs/cluster.md). A URL is also locked on this host through its staging folder.
+    On failure, the staging folder of a URL is removed (its run state is in the store)."""
+    if not is_url(out):
+        folder = local_path(out).expanduser().resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        with _flock(folder / LOCK, str(folder), what):
+            yield
+        return
+    staging = staging_dir(str(out))
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with _flock(staging.parent / f"{staging.name}.lock", str(out), what), _remote_lock(str(out), what):
+            yield
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def _flock(path: Path, where: str, what: str):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BeerayError(f"{where} is in use by another beeray {what} ({_describe(_read_holder(path))}): "
+                              "wait for it to finish, or choose another --out") from None
+        before = _read_holder(path)
+        if before.get("pid") and before.get("pid") != os.getpid():
+            print(f"beeray: {where}: taking over the lock left by {_describe(before)} (no longer running)",
+                  flush=True)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(_holder()) + "\n").encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+@contextlib.contextmanager
+def waiting_lock(path: str | Path):
+    """An flock on `path` that waits for its holder (short critical sections that several runs share,
+    e.g. creating one SQLite MLflow store: two runs creating its tables at once break it)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _read_holder(path: Path) -> dict:
+    try:
+        holder = json.loads(Path(path).read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+@contextlib.contextmanager
+def _remote_lock(uri: str, what: str):
+    text = read_remote_text(uri, REMOTE_LOCK)
+    if text is not None:
+        try:
+            other = json.loads(text)
+        except ValueError:
+            other = {}
+        same_host_dead = other.get("host") == socket.gethostname() and not _alive(other.get("pid"))
+        if not same_host_dead and time.time() - float(other.get("heartbeat") or 0) < STALE_S:
+            raise BeerayError(f"{uri} is in use by another beeray {what} ({_describe(other)}): wait for it to "
+                              f"finish, or if it died, delete {uri}/{REMOTE_LOCK}")
+        print(f"beeray: {uri}: taking over the lock left by {_describe(other)} (no longer running)", flush=True)
+    mine = _holder()
+    write_remote_text(uri, REMOTE_LOCK, json.dumps(mine) + "\n")
+    time.sleep(0.5)  # a run that wrote at the same moment shows up in the read-back
+    back = read_remote_text(uri, REMOTE_LOCK)
+    if back is None or json.loads(back).get("token") != mine["token"]:
+        raise BeerayError(f"{uri}: another beeray {what} took it at the same moment; choose another --out")
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            try:
+                write_remote_text(uri, REMOTE_LOCK, json.dumps({**mine, "heartbeat": time.time()}) + "\n")
+            except OSError:
+                pass  # the store is away for now; the run's own writes report it
+
+    thread = threading.Thread(target=beat, name="beeray-lock-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        try:
+            filesystem, root = remote_fs(uri)
+            filesystem.delete_file(f"{root}/{REMOTE_LOCK}")
+        except OSError:
+            pass  # unreachable now: the lock goes stale by itself
+
+
 # ---------------------------------------------------------------- atomic writes
 
 @contextlib.contextmanager
@@ -310,11 +534,30 @@ def atomic_path(path: str | Path):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        yield Path(tmp)
+        with _naming(path):
+            yield Path(tmp)
+        # mkstemp's file is private (0600); the finished one gets what open() would give it (0644 under
+        # the usual umask 022), so that other users of a shared cluster can read the outputs
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (os.umask can only read it by
+    setting it, which for an instant would loosen the mode of files other threads create)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -358,9 +601,10 @@ def staged_dir(dst: str | Path, keep_existing: Callable[[], bool] | None = None)
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    tmp.mkdir()  # mode 0777 & ~umask, as any folder
     try:
-        yield tmp
+        with _naming(dst):
+            yield tmp
         if keep_existing is None or not keep_existing():
             try:
                 swap_dir(tmp, dst)

@@ -52,6 +52,46 @@ def resolve_model(name_or_path: str) -> str:
     return name_or_path
 
 
+# Files of a model folder that do not change what it computes: its card, beeray's training record (written
+# after the weights), an upload marker. Hidden files (.beeray-assembled, editors', git's) are left out too.
+NOT_IDENTITY = frozenset({"README.md", "beeray_training.json.gz", "_COMPLETE.json"})
+_FINGERPRINTS: dict[tuple, str] = {}  # (folder, its files' sizes and mtimes) -> fingerprint, per process
+
+
+def model_fingerprint(name_or_path: str) -> str:
+    """What identifies a model by its content: "sha256:<hex>" over every file of its SentenceTransformer
+    folder that decides its output (weights, configs, tokenizer, module folders), names and bytes; a hub
+    name not installed locally is "hf:<name>@<revision>" (the revision of its cached snapshot, if any).
+
+    Two folders with the same bytes share it wherever they live; a folder retrained or edited in place
+    gets another. Hashed once per process while the files' sizes and times are unchanged (a 438 MB
+    MPNet takes about a second)."""
+    resolved = resolve_model(name_or_path)
+    folder = Path(resolved)
+    if not folder.is_dir():
+        return f"hf:{resolved}@{_hub_revision(resolved) or 'unknown'}"
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in NOT_IDENTITY
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    stats = tuple((p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
+    key = (str(folder), stats)
+    if key not in _FINGERPRINTS:
+        h = hashlib.sha256()
+        for path, (rel, size, _) in zip(paths, stats):
+            h.update(f"{rel}\0{size}\0{files.digest(path)}\n".encode())
+        _FINGERPRINTS[key] = f"sha256:{h.hexdigest()}"
+    return _FINGERPRINTS[key]
+
+
+def _hub_revision(name: str) -> str | None:
+    """The commit of `name`'s snapshot in the local Hugging Face cache (no network), None if not cached."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True)).name
+    except Exception:  # not cached, not a repo id, offline: the revision is unknown here
+        return None
+
+
 def cache_dir() -> Path:
     """Where assembled models live: $BEERAY_CACHE, else ~/.cache/beeray."""
     return Path(os.environ.get("BEERAY_CACHE") or Path.home() / ".cache" / "beeray").expanduser()
@@ -179,6 +219,31 @@ def save_model(model, path: str | Path, dtype: str = "float32") -> None:
     out = model if dtype == "float32" else copy.deepcopy(model).to(getattr(torch, dtype))
     with files.staged_dir(path) as tmp:
         out.save(str(tmp))
+
+
+# Models whose position ids start after the padding index (RoBERTa's scheme): pad_token_id + 1 of their
+# position embeddings are never a text position.
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet", "longformer")
+
+
+def max_positions(model) -> int | None:
+    """How many token positions the model's Transformer has (None when it does not say)."""
+    config = getattr(getattr(model[0], "auto_model", None), "config", None) if len(model) else None
+    n = getattr(config, "max_position_embeddings", None)
+    if not isinstance(n, int) or n <= 0:
+        return None
+    if getattr(config, "model_type", "") in _OFFSET_POSITIONS and isinstance(config.pad_token_id, int):
+        n -= config.pad_token_id + 1
+    return n
+
+
+def set_max_seq_length(model, n: int, what: str = "max_seq_length") -> None:
+    """model.max_seq_length = n, refused in one line beyond the model's position embeddings (longer
+    inputs would fail inside the forward pass, or read positions it never learned)."""
+    limit = max_positions(model)
+    if limit is not None and n > limit:
+        raise BeerayError(f"{what} {n}: the model has {limit} token positions; use at most {limit}")
+    model.max_seq_length = n
 
 
 def embedding_dim(model) -> int:

@@ -73,13 +73,20 @@ def _client(cfg: TrainConfig):
     from mlflow import MlflowClient
 
     uri = tracking_uri(cfg)
-    if uri.startswith("sqlite:///"):  # SQLite creates the file, not its folder
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name(cfg.experiment)
+    if not uri.startswith("sqlite:///"):  # a server or another store creates itself
+        return _experiment(MlflowClient(tracking_uri=uri), cfg.experiment, uri)
+    # Runs in sibling folders share <parent>/mlflow.db: the first to use it creates its tables and the
+    # experiment, under a lock beside it, since two creating them at once leave a broken store.
+    db = Path(uri.removeprefix("sqlite:///"))
+    with files.waiting_lock(db.parent / f".{db.name}.lock"):  # SQLite creates the file, not its folder
+        return _experiment(MlflowClient(tracking_uri=uri), cfg.experiment, uri)
+
+
+def _experiment(client, name: str, uri: str):
+    experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return client, experiment.experiment_id
-    return client, client.create_experiment(cfg.experiment, artifact_location=artifact_location(uri))
+    return client, client.create_experiment(name, artifact_location=artifact_location(uri))
 
 
 def log_training(cfg: TrainConfig, out: Path, history: list[dict], steps: list[dict], metrics: dict,

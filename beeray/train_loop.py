@@ -32,7 +32,7 @@ from beeray.encoder import TokenizedCatalog
 from beeray.errors import BeerayError
 from beeray.evaluate import evaluate
 from beeray.metrics import METRICS, VAL_METRICS
-from beeray.models import load_model, set_attention_dropout
+from beeray.models import load_model, set_attention_dropout, set_max_seq_length
 from beeray.optim import build_optimizer, build_scheduler
 from beeray.precision import describe, grad_scaler, resolve
 from beeray.sampler import dataset_batches, joint_steps, step_rng, worker_steps
@@ -112,7 +112,7 @@ class Recipe:
         data = PreparedData.load(cfg.data)
         model = load_model(cfg.model, device=str(device), trust_remote_code=cfg.trust_remote_code,
                            prompt=cfg.prompt)
-        model.max_seq_length = cfg.max_seq_length
+        set_max_seq_length(model, cfg.max_seq_length)
         if cfg.attention_dropout is not None:
             set_attention_dropout(model, cfg.attention_dropout)
         # The training catalog: the items of the file this run trains on, and nothing else. Cold
@@ -253,13 +253,19 @@ class Recipe:
         report({**row, "epoch_end": True}, True)
 
 
+STORAGE_KEY = "_checkpoint_storage"  # (experiment path, filesystem) beside the TrainConfig, from trainer.fit
+
+
 def train_loop_per_worker(config: dict) -> None:
-    """What each Ray Train worker runs (config: a TrainConfig as a dict)."""
+    """What each Ray Train worker runs (config: a TrainConfig as a dict; with STORAGE_KEY, where Ray
+    keeps the run, so that checkpoints are persisted whole: beeray.checkpoint.persist)."""
     import ray.train
     import ray.train.torch
 
     from beeray.config import from_dict
 
+    config = dict(config)
+    storage = config.pop(STORAGE_KEY, None)
     cfg: TrainConfig = from_dict(TrainConfig, config, "train config")
     ctx = ray.train.get_context()
     checkpoint = ray.train.get_checkpoint()
@@ -269,7 +275,7 @@ def train_loop_per_worker(config: dict) -> None:
                                   ckpt_dir)
     else:
         recipe = Recipe.setup(cfg, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
-    report = ray_report(recipe)
+    report = ray_report(recipe, storage)
     shard = ray.train.get_dataset_shard("train")
     if cfg.eval_every_epoch and not recipe.state.history:
         recipe.validate_base(report)
@@ -279,17 +285,24 @@ def train_loop_per_worker(config: dict) -> None:
         recipe.end_epoch(row, report)
 
 
-def ray_report(recipe: Recipe) -> Report:
-    """Reports through Ray Train; rank 0 attaches the checkpoint (model, optimizer, state) when asked."""
+def ray_report(recipe: Recipe, storage: tuple | None = None) -> Report:
+    """Reports through Ray Train; rank 0 attaches the checkpoint (model, optimizer, state) when asked,
+    persisted whole or not at all, with retries while an object store is away (`storage`: the run's
+    (experiment path, filesystem); None: Ray's own copy)."""
     import tempfile
 
     import ray.train
+
+    from beeray.checkpoint import ray_upload
+
+    upload = ray_upload(*storage, log=log) if storage else None
 
     def report(metrics: dict, with_checkpoint: bool) -> None:
         if with_checkpoint and recipe.rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 recipe.save(tmp)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                                 checkpoint_upload_fn=upload)
         else:
             ray.train.report(metrics)
 

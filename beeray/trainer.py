@@ -14,8 +14,8 @@ from beeray.checkpoint import MODEL_DIR, read_state, resolve_resume
 from beeray.config import TrainConfig, to_dict
 from beeray.data.prepared import PreparedData
 from beeray.errors import BeerayError
-from beeray.models import load_model, save_model
-from beeray.train_loop import PAD_USER, composed_parts, train_loop_per_worker
+from beeray.models import load_model, save_model, set_max_seq_length
+from beeray.train_loop import PAD_USER, STORAGE_KEY, composed_parts, train_loop_per_worker
 
 RUN_NAME = "train"  # stable, so that re-running with --resume finds the run (Train V2 restores by name)
 
@@ -96,13 +96,11 @@ def train_table(data: PreparedData, full: bool, world: int, split: bool = True) 
     Without `split` (per_dataset steps) every worker reads the whole table and takes its part of
     each step of a plan they all compute alike (beeray/sampler.py dataset_batches): no padding.
     """
-    import pyarrow.parquet as pq
-
     # The driver reads the table itself (one small row per user: a few MB even at Amazon scale)
     # and hands it to Ray Data, which shards it. A read *task* would need a free CPU, and inside
     # a Tune trial or on a cluster whose CPUs the workers hold, there may be none: it would wait forever.
     path = data.train_path(full)
-    table = pq.read_table(path, columns=["user", "items"])
+    table = files.read_parquet(path, ["user", "items"], hint="re-run beeray prepare --force")
     if table.num_rows == 0:
         raise BeerayError(f"{path} holds no training users")
     pad = (-table.num_rows) % world if split else 0
@@ -134,7 +132,7 @@ def fit(cfg: TrainConfig, data: PreparedData, *, run_config_callbacks: list | No
         resources["GPU"] = cfg.gpus_per_worker
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=to_dict(cfg),
+        train_loop_config={**to_dict(cfg), STORAGE_KEY: (f"{storage_path}/{name}", storage_filesystem)},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources),
         datasets={"train": train_dataset(data, cfg.full_train, cfg.num_workers, split)},
@@ -155,23 +153,38 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, baseline: bool = True
           tags: dict | None = None) -> TrainOutput:
     """`beeray train`: fit, then save the model, its card, history and metrics under cfg.out, and
     log the run to MLflow (beeray/tracking.py; `tags` go on its MLflow run). `resume`: True continues
-    the run in cfg.out (one must exist), "auto" continues it if one exists and starts it otherwise."""
-    import ray
-    from ray.train import TrainingFailedError
-
+    the run in cfg.out (one must exist), "auto" continues it if one exists and starts it otherwise.
+    cfg.out is held by this run alone while it runs (beeray.files.run_lock)."""
     data = PreparedData.load(cfg.data)  # fail on a bad folder before Ray starts
     composed_parts(cfg, data)  # and on dataset_weights that do not name its datasets
     if not files.is_url(cfg.data):  # a URL stays one: each node fetches it (PreparedData.load)
         cfg.data = str(data.root.resolve())
+    if files.is_url(cfg.out):  # a wrong key, bucket or endpoint: one line now, not a traceback at the first checkpoint
+        files.preflight(str(cfg.out))
+    with files.run_lock(cfg.out, "run"):  # one run per OUT: two would share Ray's state and MLflow's store
+        return _train(cfg, data, resume=resume, baseline=baseline, tags=tags)
+
+
+def _train(cfg: TrainConfig, data: PreparedData, *, resume: bool | str, baseline: bool,
+           tags: dict | None) -> TrainOutput:
+    import ray
+    from ray.train import TrainingFailedError
+
+    from beeray.models import model_fingerprint
+
     out = files.prepare_run_dir(cfg.out, state=f"ray/{RUN_NAME}", config_file="config.json",
-                                    config=to_dict(cfg), resume=resolve_resume(cfg.out, f"ray/{RUN_NAME}", resume),
-                                    conflicts=cfg.resume_conflicts, what="run")
+                                config=to_dict(cfg), resume=resolve_resume(cfg.out, f"ray/{RUN_NAME}", resume),
+                                conflicts=cfg.resume_conflicts, what="run")
+    if resume:
+        from beeray.checkpoint import remove_torn
+
+        remove_torn(*files.ray_storage(cfg.out, f"ray/{RUN_NAME}"))
     tokenize_catalog(cfg, data)
     init_ray(cfg.address)
     try:
         result = fit(cfg, data)  # a run of the same name resumes from its newest checkpoint
     except TrainingFailedError as exc:
-        raise BeerayError(f"training failed: {_root_cause(exc)}") from exc
+        raise BeerayError(failure_message(exc, cfg)) from exc
     if result.checkpoint is None:
         raise BeerayError("training finished without a checkpoint")
 
@@ -183,7 +196,8 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, baseline: bool = True
         save_model(load_model(str(model_dir), device="cpu", trust_remote_code=cfg.trust_remote_code),
                    model_dir, cfg.save_dtype)
     # After the last rewrite of the folder: what it trained on, for evaluate's leak guard.
-    training_record.write(model_dir, training_record.build(data, cfg.full_train, cfg.model))
+    fingerprint = model_fingerprint(str(model_dir))
+    training_record.write(model_dir, training_record.build(data, cfg.full_train, cfg.model, fingerprint))
     artifacts.write_history(state.history, state.steps, out)
     # On a cluster the driver sits on the (CPU) head node: evaluate where the workers' devices are.
     gpus = cfg.gpus_per_worker if cfg.use_gpu else 0
@@ -191,8 +205,9 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, baseline: bool = True
     # The task may run on another node: an object-storage run hands it the model uploaded first.
     model_marker = files.publish(model_dir, f"{cfg.out}/model") if files.is_url(cfg.out) else None
     metrics = ray.get(task.remote(cfg, f"{cfg.out}/model" if model_marker else str(model_dir), baseline=baseline))
-    files.write_json(out / "metrics.json", {"config": to_dict(cfg), "data": data.stats, **metrics})
-    artifacts.model_card(model_dir, to_dict(cfg), data.stats, metrics)
+    files.write_json(out / "metrics.json", {"config": to_dict(cfg), "data": data.stats,
+                                            "model_fingerprint": fingerprint, **metrics})
+    artifacts.model_card(model_dir, to_dict(cfg), data.stats, metrics, fingerprint=fingerprint)
     from beeray import tracking
 
     run_id = None
@@ -215,6 +230,7 @@ def tokenize_catalog(cfg: TrainConfig, data: PreparedData) -> None:
     from beeray.encoder import TokenizedCatalog
 
     model = load_model(cfg.model, device="cpu", trust_remote_code=cfg.trust_remote_code, prompt=cfg.prompt)
+    set_max_seq_length(model, cfg.max_seq_length)  # the catalog is tokenized to this length: check it first
     TokenizedCatalog.cached(model, data, cfg.max_seq_length, full=cfg.full_train, show_progress=True)
 
 
@@ -233,12 +249,27 @@ def final_metrics(cfg: TrainConfig, model_dir: str, baseline: bool) -> dict:
     for who, name in models.items():
         # The base model scored with the run's prompt too (the trained folder has it saved already).
         model = load_model(name, trust_remote_code=cfg.trust_remote_code, prompt=cfg.prompt)
-        model.max_seq_length = cfg.max_seq_length
+        set_max_seq_length(model, cfg.max_seq_length)
         out[who] = {s: evaluate(model, data, s, show_progress=False) for s in splits}
     return out
 
 
-def _root_cause(exc: BaseException) -> str:
+def _root_cause(exc: BaseException) -> BaseException:
     while exc.__cause__ is not None:
         exc = exc.__cause__
-    return f"{type(exc).__name__}: {exc}"
+    return exc
+
+
+def failure_message(exc: BaseException, cfg: TrainConfig) -> str:
+    """What went wrong, in a few lines without a traceback: the cause (a full disk and an object store
+    that went away in their own words), the last step saved, and the command that continues from it."""
+    from beeray.checkpoint import last_saved
+    from beeray.errors import user_message
+
+    root = _root_cause(exc)
+    cause = user_message(root, str(cfg.out)) or " ".join(f"{type(root).__name__}: {root}".split())[:400]
+    saved = last_saved(*files.ray_storage(cfg.out, f"ray/{RUN_NAME}"))
+    where = (f"the last checkpoint saved is step {saved.global_step} (epoch {saved.epoch}, step {saved.step_in_epoch} "
+             "of it)") if saved else "no checkpoint was saved"
+    return (f"training failed: {cause}\n  {where} in {cfg.out}\n  once that is fixed, continue with: "
+            f"beeray train --out {cfg.out} --resume (with the same --data, --config and settings)")

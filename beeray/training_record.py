@@ -36,17 +36,21 @@ RECORD = "beeray_training.json.gz"
 ALLOW_FLAG = "--allow-trained-items"
 
 
-def build(data: "PreparedData", full: bool, base_model: str) -> dict:
+def build(data: "PreparedData", full: bool, base_model: str, model_fingerprint: str | None = None) -> dict:
     """The record of a model trained on `data`'s training file (`full`: train_full.parquet) from
-    `base_model`, including what `base_model` itself trained on if it is a recorded beeray model."""
+    `base_model`, including what `base_model` itself trained on if it is a recorded beeray model.
+    `model_fingerprint`: the trained folder's own (beeray.models.model_fingerprint; the record itself
+    is not part of it)."""
+    from beeray.models import model_fingerprint as fingerprint_of
+
     inherited = read(base_model) or {"trained_on": [], "item_ids": []}
     items = data.train_items(full)
     source = {"data": str(data.root.resolve()), "dataset": data.name,
               "fingerprint": data.stats.get("fingerprint"), "file": data.train_path(full).name,
-              "items": int(items.size), "base_model": base_model}
+              "items": int(items.size), "base_model": base_model, "base_model_fingerprint": fingerprint_of(base_model)}
     ids = sorted(set(inherited["item_ids"]).union(data.qualified_ids(items)))
-    return {"format": 1, "beeray_version": __version__, "trained_on": [*inherited["trained_on"], source],
-            "item_ids": ids}
+    return {"format": 1, "beeray_version": __version__, "model_fingerprint": model_fingerprint,
+            "trained_on": [*inherited["trained_on"], source], "item_ids": ids}
 
 
 def write(model_dir: str | Path, record: dict) -> Path:

@@ -197,15 +197,19 @@ def finish(cfg: TuneConfig, result_grid, *, resume: bool = False, baseline: bool
 def tune(cfg: TuneConfig, *, resume: bool | str = False, baseline: bool = True,
          callbacks: list | None = None) -> TuneOutput:
     """Search, then retrain and test the best. `resume`: True continues the search in OUT (one must
-    exist), "auto" continues it if one exists and starts it otherwise."""
+    exist), "auto" continues it if one exists and starts it otherwise. OUT is held by this search
+    alone while it runs (beeray.files.run_lock)."""
     from beeray.checkpoint import resolve_resume
 
-    resume = resolve_resume(cfg.train.out, f"ray/{TUNE_RUN}", resume, what="search")
-    grid = run_search(cfg, resume=resume, callbacks=callbacks)
-    result = finish(cfg, grid, resume=resume, baseline=baseline)
-    if files.is_url(cfg.train.out):  # final/ is published by its own run; the search's files, marker last
-        files.publish(result.out, cfg.train.out)
-        result.published = cfg.train.out
+    if files.is_url(cfg.train.out):
+        files.preflight(str(cfg.train.out))
+    with files.run_lock(cfg.train.out, "search"):
+        resume = resolve_resume(cfg.train.out, f"ray/{TUNE_RUN}", resume, what="search")
+        grid = run_search(cfg, resume=resume, callbacks=callbacks)
+        result = finish(cfg, grid, resume=resume, baseline=baseline)
+        if files.is_url(cfg.train.out):  # final/ is published by its own run; the search's files, marker last
+            files.publish(result.out, cfg.train.out)
+            result.published = cfg.train.out
     return result
 
 

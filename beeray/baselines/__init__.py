@@ -67,10 +67,11 @@ def parse_params(name: str, pairs: list[str]) -> dict[str, Any]:
 
 def training_matrix(data: PreparedData, which: str) -> sp.csr_matrix:
     """What a baseline scored on `which` learns from: train for val, train + validation for test."""
-    import pyarrow.parquet as pq
+    from beeray import files
 
     path = data.train_path(full=which == "test")
-    return lists_to_csr(pq.read_table(path, columns=["items"]).column("items").to_pylist(), data.n_items)
+    table = files.read_parquet(path, ["items"], hint="re-run beeray prepare --force")
+    return lists_to_csr(table.column("items").to_pylist(), data.n_items)
 
 
 def check_split(cls: type[Baseline], data: PreparedData, which: str, train: sp.csr_matrix,

@@ -23,9 +23,10 @@ def register(sub) -> None:
                "  beeray recommend --embeddings runs/ml/embeddings --items data/ml --history 1 2571 -k 20",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model folder or hub name (default: {DEFAULT_MODEL})")
+    p.add_argument("--model", help=f"model folder or hub name (default: {DEFAULT_MODEL}); with --embeddings, the "
+                                    "folder must hold this model's vectors (checked by content), else it is refused")
     p.add_argument("--items", help="catalog with the texts: prepared-data folder or a file (as `beeray embed`)")
-    p.add_argument("--embeddings", help="a `beeray embed` output folder (then --model is not used)")
+    p.add_argument("--embeddings", help="a `beeray embed` output folder (then nothing is encoded)")
     p.add_argument("--history", nargs="+", required=True, metavar="ID", help="item ids the user has")
     p.add_argument("-k", type=int, default=20, help="how many items (default: 20)")
     add_catalog_options(p)
@@ -50,13 +51,13 @@ def run(args) -> int:
     if args.embeddings:
         from beeray.embed import load_embeddings
 
-        ids, emb = load_embeddings(args.embeddings)
+        ids, emb = load_embeddings(args.embeddings, model=args.model)
         source = args.embeddings
     elif items is not None:
         from beeray.evaluate import encode_items
         from beeray.models import load_model
 
-        model = load_model(args.model, trust_remote_code=args.trust_remote_code)
+        model = load_model(args.model or DEFAULT_MODEL, trust_remote_code=args.trust_remote_code)
         from beeray.embed import BATCH_SIZE
 
         emb = encode_items(model, items.texts, args.batch_size or BATCH_SIZE["cpu"], show_progress=False)
@@ -64,6 +65,8 @@ def run(args) -> int:
     else:
         raise BeerayError("give --items (to encode with --model, and for the texts) or --embeddings")
     texts = dict(zip(items.ids, items.texts)) if items is not None else {}
+    if args.k <= 0:
+        raise BeerayError(f"-k must be > 0, got {args.k}")
     recs = recommend(emb, ids, args.history, k=args.k, source=source)
     print("history:")
     for h in args.history:

@@ -86,8 +86,13 @@ def config_from_args(args) -> TrainConfig:
     overrides = {field: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, (field, _, _) in _FLAGS.items()}
     overrides.update(use_gpu=args.use_gpu, full_train=args.full_train, eval_every_epoch=args.eval_every_epoch,
                      tracking=args.tracking)
-    overrides.update(parse_overrides(args.set))
-    return train_config(args.config, overrides)
+    origins = {field: flag for flag, (field, _, _) in _FLAGS.items()}
+    origins.update(use_gpu="--use-gpu", full_train="--full-train", eval_every_epoch="--no-eval",
+                   tracking="--no-tracking")
+    sets = parse_overrides(args.set)
+    overrides.update(sets)
+    origins.update({key: f"--set {key}" for key in sets})
+    return train_config(args.config, overrides, origins)
 
 
 def run(args) -> int:

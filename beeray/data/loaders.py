@@ -64,6 +64,9 @@ def _read_table(path: Path, columns: list[str] | None = None, *, header: bool = 
     """Read csv/tsv/parquet/feather/json-lines; id columns as strings so '007' stays '007'."""
     path = _need_file(path)
     suffix = "".join(path.suffixes[-2:]).lower()
+    csv_like = not suffix.endswith((".parquet", ".pq", ".feather", ".arrow", ".jsonl", ".json"))
+    if csv_like:
+        _refuse_nul_bytes(path, "\t" if suffix.endswith((".tsv", ".tsv.gz")) else ",", header)
     try:
         if suffix.endswith((".parquet", ".pq")):
             df = pd.read_parquet(path)
@@ -82,12 +85,56 @@ def _read_table(path: Path, columns: list[str] | None = None, *, header: bool = 
         raise
     except Exception as exc:  # noqa: BLE001 - any parser failure is a bad input file
         raise BeerayError(f"{path}: cannot read: {str(exc).splitlines()[0]}") from exc
+    if not csv_like:
+        _refuse_nul_values(df, path)
     if columns:
         missing = [c for c in columns if c not in df.columns]
         if missing:
             found = ", ".join(str(c) for c in df.columns if not str(c).startswith("Unnamed"))
             raise BeerayError(f"{path}: missing column(s) {', '.join(missing)} (found: {found})")
     return df
+
+
+# A NUL byte in a text is refused, whatever the format: pandas' CSV parser silently cuts a field at it
+# (and drops a field of NULs alone), while Parquet keeps it; one rule for every input keeps a catalog's
+# texts the same whichever format it was exported in.
+NUL = "\x00"
+
+
+def _refuse_nul_bytes(path: Path, sep: str, header: bool) -> None:
+    """A csv/tsv (optionally gzipped) holding a NUL byte: one line naming its line and column."""
+    import gzip
+
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    lines, tail, first = 0, b"", None  # newlines before this block, the current line so far, the header
+    with opener(path, "rb") as fh:
+        while block := fh.read(16 << 20):  # in blocks: a ratings file may be gigabytes
+            at = block.find(b"\0")
+            chunk = block if at < 0 else block[:at]
+            if first is None and b"\n" in tail + chunk:
+                first = (tail + chunk).split(b"\n", 1)[0]
+            lines += chunk.count(b"\n")
+            tail = (tail + chunk).rsplit(b"\n", 1)[-1]
+            if at >= 0:
+                break
+        else:
+            return
+    line = lines + 1
+    field = tail.decode("utf-8", "replace").count(sep)  # the field it is in (quotes aside)
+    names = (first or tail).decode("utf-8", "replace").rstrip("\r").split(sep) if header else []
+    column = names[field] if field < len(names) else f"field {field + 1}"
+    raise BeerayError(f"{path}: line {line}, column {column}: a NUL byte in the text (remove it)")
+
+
+def _refuse_nul_values(df: pd.DataFrame, path: Path) -> None:
+    """Parquet, feather, jsonl: a string value holding NUL: one line naming its row (1-based) and column."""
+    for col in df.columns:
+        values = df[col]
+        if values.dtype == object or pd.api.types.is_string_dtype(values):
+            hit = values.astype("string").str.contains(NUL, regex=False).fillna(False).to_numpy(dtype=bool)
+            if hit.any():
+                raise BeerayError(f"{path}: row {int(np.flatnonzero(hit)[0]) + 1}, column {col}: a NUL byte in "
+                                  "the text (remove it)")
 
 
 def _id_column(df: pd.DataFrame, col: str, path: Path, what: str, header: bool = True) -> pd.Series:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from beeray import files
@@ -34,8 +33,8 @@ def _read_json(path: Path) -> dict:
     try:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise BeerayError(f"{path}: not valid JSON ({exc}); re-run beeray prepare --force") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # truncated or overwritten
+        raise BeerayError(f"{path}: not valid JSON ({exc}); re-run beeray prepare --force") from None
 
 
 def lists_to_csr(lists, n_cols: int) -> sp.csr_matrix:
@@ -65,7 +64,7 @@ class PreparedData:
     def texts(self) -> list[str]:
         """Every item's text, read on first use. Training workers never need them (they map the
         tokenized catalog), so a 10^6-item catalog's texts stay out of their memory."""
-        table = pq.read_table(self.root / "items.parquet", columns=["text"])
+        table = files.read_parquet(self.root / "items.parquet", ["text"], hint="re-run beeray prepare --force")
         return [str(t) for t in table.column("text").to_pylist()]
 
     @classmethod
@@ -78,14 +77,14 @@ class PreparedData:
         for name in FILES:
             if not (root / name).is_file():
                 raise BeerayError(f"{root / name}: missing from the prepared-data folder; re-run beeray prepare")
-        names = pq.read_schema(root / "items.parquet").names
+        names = files.parquet_schema(root / "items.parquet", hint="re-run beeray prepare --force").names
         for col in ("item_id", "text"):
             if col not in names:
                 raise BeerayError(f"{root / 'items.parquet'}: missing column {col!r}")
         # Ids stay Arrow strings: 10^6 of them as Python str objects cost a worker ~100 MB for nothing
         # (training only needs the item count).
-        items = pq.read_table(root / "items.parquet",
-                              columns=[c for c in names if c != "text"]).to_pandas(types_mapper=pd.ArrowDtype)
+        items = files.read_parquet(root / "items.parquet", [c for c in names if c != "text"],
+                                   hint="re-run beeray prepare --force").to_pandas(types_mapper=pd.ArrowDtype)
         return cls(root, items, _read_json(root / "stats.json"), _read_json(root / "split.json"))
 
     def train_path(self, full: bool = False) -> Path:
@@ -95,7 +94,7 @@ class PreparedData:
         """The training catalog (docs/method.md §2.1): sorted indices of the items that have an interaction
         in the file a run trains on. Warm items for `train`; warm + validation cold items for
         `train_full`; never a test cold item."""
-        table = pq.read_table(self.train_path(full), columns=["items"])
+        table = files.read_parquet(self.train_path(full), ["items"], hint="re-run beeray prepare --force")
         flat = table.column("items").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         return np.unique(flat.astype(np.int64))
 
@@ -158,7 +157,7 @@ class PreparedData:
         (its users, its own cold items as candidates, or all its items on a time split)."""
         if which not in ("val", "test"):
             raise BeerayError(f"unknown split {which!r} (choose val or test)")
-        df = pq.read_table(self.root / f"{which}.parquet").to_pandas()
+        df = files.read_parquet(self.root / f"{which}.parquet", hint="re-run beeray prepare --force").to_pandas()
         cand = self.split.get(f"{which}_candidates")
         candidates = np.arange(self.n_items) if cand is None else np.asarray(cand, dtype=np.int64)
         excluded = self.split.get(f"{which}_excluded_users",

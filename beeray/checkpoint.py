@@ -109,6 +109,7 @@ def ray_upload(experiment: str, filesystem=None, log=print):
 
         dest = f"{experiment}/{dir_name}"
         persist(checkpoint.path, dest, filesystem, log=log)
+        log(f"beeray: checkpoint {dir_name} saved in {experiment}")
         return ray.train.Checkpoint(dest, filesystem=filesystem)
 
     return upload

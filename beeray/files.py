@@ -389,8 +389,10 @@ def _naming(path: Path):
 
 LOCK = ".beeray.lock"  # in a local OUT: flock'ed by the run writing it, holding its pid and host
 REMOTE_LOCK = "_LOCK.json"  # in an object-storage OUT: the holder, its heartbeat refreshed while it runs
-HEARTBEAT_S = 60.0
-STALE_S = 5 * HEARTBEAT_S  # a remote lock whose heartbeat is older belongs to a run that died
+HEARTBEAT_S = 15.0
+# A remote lock whose heartbeat is older belongs to a run that died: short enough that a resubmitted
+# job (a KubeRay RayJob retry, on another host, minutes later) takes it over.
+STALE_S = 4 * HEARTBEAT_S
 
 
 def _holder() -> dict:
@@ -421,7 +423,7 @@ def run_lock(out: str | Path, what: str = "run"):
     Local: an flock on OUT/.beeray.lock (released by the kernel when the holder exits, however it
     exits: a lock left by a dead process is simply taken over). Object storage has no conditional
     writes that pyarrow exposes: the lock is OUT/_LOCK.json, written, read back to detect a
-    simultaneous taker, and refreshed every minute; one not refreshed for five minutes (its run died)
+    simultaneous taker, and refreshed every 15 s; one not refreshed for a minute (its run died)
     or left by a dead process of this host is taken over. Two hosts starting within the same second can
     still both win (docs/cluster.md). A URL is also locked on this host through its staging folder.
     On failure, the staging folder of a URL is removed (its run state is in the store)."""

@@ -255,9 +255,16 @@ def final_metrics(cfg: TrainConfig, model_dir: str, baseline: bool) -> dict:
 
 
 def _root_cause(exc: BaseException) -> BaseException:
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    return exc
+    """The exception a worker raised, out of Ray Train's wrappers: a WorkerGroupError carries each
+    failed rank's own exception (its message holds only a truncated traceback), the lowest rank first."""
+    while True:
+        failures = getattr(exc, "worker_failures", None)
+        if failures:
+            exc = failures[min(failures)]
+        elif exc.__cause__ is not None:
+            exc = exc.__cause__
+        else:
+            return exc
 
 
 def failure_message(exc: BaseException, cfg: TrainConfig) -> str:

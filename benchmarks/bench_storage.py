@@ -2,10 +2,12 @@
 final upload and download of a model, on an S3 API on 127.0.0.1 (moto's server: benchmarks/local_s3.py).
 
 A checkpoint is what beeray.checkpoint.save_checkpoint writes (the SentenceTransformer folder, the
-optimizer's state, state.json) for all-MiniLM-L6-v2 with AdamW; Ray Train 2.60 persists it with
-pyarrow.fs.copy_files (single-threaded for S3 uploads, 64 MiB chunks: ray/train/v2/_internal/execution/
-storage.py), which is what is timed here, beside the copy into a local storage folder that a local
-`--out` costs. Each figure is the median of --repeats, measured side by side in one run.
+optimizer's state, state.json) for all-MiniLM-L6-v2 with AdamW; beeray persists it itself
+(beeray.checkpoint.persist, Ray Train's checkpoint_upload_fn: a local copy renamed into place, or an
+upload with state.json last and retries), which is what is timed here, into a local storage folder (a
+local `--out`) and to S3; beside it, what Ray Train 2.60's own copy (pyarrow.fs.copy_files,
+single-threaded for S3 uploads, 64 MiB chunks) costs for the same folder. Each figure is the median of
+--repeats, measured side by side in one run.
 
     .venv/bin/python benchmarks/bench_storage.py     # needs the test extra (moto[server]); writes results/storage.json
 """
@@ -46,7 +48,7 @@ def main() -> None:
 
     from benchmarks.local_s3 import local_s3
     from beeray import files
-    from beeray.checkpoint import TrainState, save_checkpoint
+    from beeray.checkpoint import TrainState, persist, save_checkpoint
     from beeray.models import load_model
 
     model = load_model(args.model, device="cpu")
@@ -69,11 +71,14 @@ def main() -> None:
         t_save = timed(save, args.repeats)
         size = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
         n = iter(range(10**6))
-        t_local = timed(lambda: pafs.copy_files(str(ckpt), str(work / "local" / f"checkpoint_{next(n)}")),
-                        args.repeats)
-        t_s3 = timed(lambda: pafs.copy_files(str(ckpt), f"{root}/ray/train/checkpoint_{next(n)}",
-                                             destination_filesystem=s3, use_threads=False,
-                                             chunk_size=64 * 1024 * 1024), args.repeats)
+        (work / "local").mkdir()
+        t_local = timed(lambda: persist(ckpt, str(work / "local" / f"checkpoint_{next(n)}")), args.repeats)
+        t_s3 = timed(lambda: persist(ckpt, f"{root}/ray/train/checkpoint_{next(n)}", s3), args.repeats)
+        t_ray_local = timed(lambda: pafs.copy_files(str(ckpt), str(work / "local" / f"checkpoint_{next(n)}")),
+                            args.repeats)
+        t_ray_s3 = timed(lambda: pafs.copy_files(str(ckpt), f"{root}/ray/train/checkpoint_{next(n)}",
+                                                 destination_filesystem=s3, use_threads=False,
+                                                 chunk_size=64 * 1024 * 1024), args.repeats)
         model_dir = ckpt / "model"
         model_bytes = sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file())
         t_publish = timed(lambda: files.publish(model_dir, f"{url}/model"), args.repeats)
@@ -92,9 +97,14 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     print(f"| save the checkpoint to a local temporary folder (every run does this) | {t_save:.2f} | "
           f"{mb / t_save:.0f} | |")
-    print(f"| persist it to a local storage folder (local --out) | {t_local:.2f} | {mb / t_local:.0f} | 1.00 |")
-    print(f"| persist it to S3 (--out s3://..., Ray's copy_files) | {t_s3:.2f} | {mb / t_s3:.0f} | "
+    print(f"| persist it to a local storage folder (local --out; beeray: copy + rename) | {t_local:.2f} | "
+          f"{mb / t_local:.0f} | 1.00 |")
+    print(f"| persist it to S3 (--out s3://...; beeray: upload, state.json last) | {t_s3:.2f} | {mb / t_s3:.0f} | "
           f"{t_s3 / t_local:.2f} |")
+    print(f"| (Ray's own copy_files, local, for comparison) | {t_ray_local:.2f} | {mb / t_ray_local:.0f} | "
+          f"{t_ray_local / t_local:.2f} |")
+    print(f"| (Ray's own copy_files, S3, for comparison) | {t_ray_s3:.2f} | {mb / t_ray_s3:.0f} | "
+          f"{t_ray_s3 / t_local:.2f} |")
     print(f"| publish the final model folder (SHA-256 + upload + marker) | {t_publish:.2f} | "
           f"{model_bytes / 2**20 / t_publish:.0f} | |")
     print(f"| fetch it on a node (download + check against the marker) | {t_fetch:.2f} | "
@@ -104,7 +114,8 @@ def main() -> None:
     out = Path(__file__).resolve().parent / "results" / "storage.json"
     files.write_json(out, {"model": args.model, "repeats": args.repeats, "checkpoint_mib": mb,
                            "model_mib": model_bytes / 2**20, "save_s": t_save, "persist_local_s": t_local,
-                           "persist_s3_s": t_s3, "publish_s": t_publish, "fetch_s": t_fetch})
+                           "persist_s3_s": t_s3, "ray_copy_local_s": t_ray_local,
+                           "ray_copy_s3_s": t_ray_s3, "publish_s": t_publish, "fetch_s": t_fetch})
     print(f"\nwrote {out}")
 
 

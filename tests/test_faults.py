@@ -130,6 +130,20 @@ def test_a_second_run_on_one_folder_is_refused_and_a_dead_holders_lock_taken_ove
     assert f"taking over the lock left by pid {holder.pid}" in capsys.readouterr().out
 
 
+def test_an_object_storage_lock_refuses_a_live_holder_and_takes_over_a_dead_one(s3, capsys):
+    uri = f"{s3('locks')}/run"
+    other = {"pid": 1, "host": "another-host", "started": "2026-12-03T00:00:00Z", "token": "t"}
+    files.write_remote_text(uri, files.REMOTE_LOCK, json.dumps({**other, "heartbeat": time.time()}))
+    with pytest.raises(BeerayError, match="in use by another beeray run \\(pid 1 on host another-host"):
+        with files.run_lock(uri, "run"):
+            pass
+    files.write_remote_text(uri, files.REMOTE_LOCK, json.dumps({**other, "heartbeat": time.time() - files.STALE_S - 1}))
+    with files.run_lock(uri, "run"):
+        assert json.loads(files.read_remote_text(uri, files.REMOTE_LOCK))["pid"] == os.getpid()
+    assert "taking over the lock left by pid 1 on host another-host" in capsys.readouterr().out
+    assert files.read_remote_text(uri, files.REMOTE_LOCK) is None  # released at the end
+
+
 def test_two_trains_into_one_out_the_second_is_refused(shop, tiny_model_dir, tmp_path):
     from tests.helpers import kill_run
 

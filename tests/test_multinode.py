@@ -234,7 +234,7 @@ def test_killed_worker_recovers_from_checkpoint(cluster, inputs, tmp_path):
     # Ray Train's failure policy chose to retry (max_failures 1) ...
     assert "[FailurePolicy] RETRY" in logs, logs[-6000:]
     # ... and a new worker group (other processes than the killed group) went on to save checkpoints.
-    savers = {int(pid) for pid in re.findall(r"RayTrainWorker pid=(\d+)\)\S* Checkpoint successfully created", logs)}
+    savers = {int(pid) for pid in re.findall(r"RayTrainWorker pid=(\d+)\)\S* beeray: checkpoint checkpoint_\S+ saved in", logs)}
     assert savers - set(workers), f"no checkpoint from a restarted worker; before the kill: {workers}, savers: {savers}"
     _assert_model(out)
     assert json.loads((out / "metrics.json").read_text())["config"]["max_failures"] == 1

@@ -195,9 +195,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def s3_auth(tmp_path_factory):
-    """moto checking keys (after its first 4 requests: the bucket, an IAM user, its key and its rights)."""
+    """moto checking keys (after its first 4 requests: the bucket, an IAM user, its key and its rights).
+    One per test: it points the AWS variables at itself while it lives, and the module's `s3` server must
+    have them back for the tests after it."""
     import boto3
 
     from benchmarks.local_s3 import local_s3
@@ -305,7 +307,7 @@ def test_a_checkpoint_upload_survives_the_store_going_away_for_20_s(s3, tmp_path
     from beeray.checkpoint import persist
 
     uri = s3("ckpts")
-    relay = Outage(int(os.environ["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]))
+    relay = Outage(s3.port)
     filesystem = pafs.S3FileSystem(endpoint_override=f"http://127.0.0.1:{relay.port}", region="us-east-1",
                                    access_key="testing", secret_key="testing")
     root = uri.removeprefix("s3://")

@@ -71,7 +71,7 @@ def result_row(res: dict) -> dict:
     """One flat record of a result: identification (with the part of a multi-dataset folder), user counts,
     how many of the scored cold items the model trained on (models with a training record), metrics, their
     stderr, popularity columns, and for a baseline its chosen parameters and seconds."""
-    row = {k: res[k] for k in ("model", "data", "split", "part") if k in res}
+    row = {k: res[k] for k in ("model", "data", "split", "part", "split_digest") if k in res}
     row.update(users=res["users"], excluded_users=res["excluded_users"])
     if "trained_cold_items" in res:  # the model's training record: how many scored cold items it trained on
         row.update(trained_cold_items=res["trained_cold_items"], cold_items=res.get("cold_items"))
@@ -100,8 +100,14 @@ def history_frame(history: list[dict], steps: list[dict]) -> pd.DataFrame:
     return order.drop(columns="_end")[["kind"] + [c for c in frame.columns if c != "kind"]].reset_index(drop=True)
 
 
-def write_history(history: list[dict], steps: list[dict], out: Path) -> pd.DataFrame:
+def write_history(history: list[dict], steps: list[dict], out: Path, kept_epoch: int | None = None) -> pd.DataFrame:
+    """history.csv (and its plot); `kept_epoch`: the epoch whose weights the run saved, marked True in the
+    `kept` column of the epoch rows."""
     frame = history_frame(history, steps)
+    if kept_epoch is not None and not frame.empty:
+        epochs = frame["kind"] == "epoch"
+        frame["kept"] = pd.Series(pd.NA, index=frame.index, dtype="boolean")
+        frame.loc[epochs, "kept"] = frame.loc[epochs, "epoch"] == kept_epoch
     write_csv(out / "history.csv", frame)
     if not frame.empty:
         plot_history(frame, out / "history.png")
@@ -124,6 +130,9 @@ def plot_history(frame: pd.DataFrame, path: Path) -> None:
     ax.set_xlabel("epoch (0 = the base model)")
     ax.set_ylabel("training loss (NMSE)", color="tab:red")
     ax.set_xticks(epochs["epoch"])
+    if "kept" in epochs and epochs["kept"].fillna(False).astype(bool).any():
+        kept = epochs.loc[epochs["kept"].fillna(False).astype(bool), "epoch"].iloc[0]
+        ax.axvline(kept, color="0.4", ls=":", lw=1, label=f"kept: epoch {kept:g}")
     handles, labels = ax.get_legend_handles_labels()
     cols = [c for c in VAL_METRICS if c in epochs and epochs[c].notna().any()]
     if cols:
@@ -180,7 +189,7 @@ def _base_license(name: str) -> str | None:
 
 
 def model_card(model_dir: Path, cfg: dict, stats: dict, metrics: dict, model=None,
-               fingerprint: str | None = None) -> Path:
+               fingerprint: str | None = None, kept: dict | None = None, split_digest: str | None = None) -> Path:
     """Write `model_dir/README.md`: sentence-transformers' own model card, filled through its card data
     (base model, datasets, language, license where the base model's card states one, tags), with the
     trained model's test metrics as `model-index` and beeray's training record below. Offline: the card
@@ -247,8 +256,14 @@ def model_card(model_dir: Path, cfg: dict, stats: dict, metrics: dict, model=Non
         + f": {stats.get('users')} users, {stats.get('items')} items, {stats.get('interactions')} interactions, "
         f"{'train + validation' if cfg.get('full_train') else 'training'} part of its {kind} split.", "",
         f"- data fingerprint: `{stats.get('fingerprint')}`",
+        *([f"- split digest: `sha256:{split_digest}` (the cold items are listed in the prepared folder's "
+           "`split_items.tsv`; `beeray prepare --split-items` reproduces the split)"] if split_digest else []),
         f"- {cold}",
     ]
+    if kept:
+        lines.append(f"- the weights of epoch {kept['epoch']} of the {kept['epochs_run']} run ({kept['rule']}"
+                     + (f" {kept['score']:.4f}" if kept.get("score") is not None else "")
+                     + ("; stopped early by `patience`" if kept.get("stopped_early") else "") + ")")
     if fingerprint:
         lines.append(f"- model fingerprint: `{fingerprint}` (SHA-256 over this folder's weights, configs and "
                      "tokenizer; `beeray embed` records it, and `beeray recommend --model` checks it)")

@@ -34,14 +34,39 @@ class TrainState:
     # the learning-rate scheduler's state (LambdaLR: steps counted, base and last lr, beeray.optim.LRSchedule's
     # fields); {} in checkpoints from before schedules, whose runs were constant
     lr_schedule: dict = field(default_factory=dict)
+    # The trained epoch (1-based) with the best validation score so far, and that score; 0 / None before
+    # the first validated epoch. Its weights are in the checkpoint: model/ when they are the current
+    # ones (an epoch's end), else BEST_WEIGHTS beside it.
+    best_epoch: int = 0
+    best_score: float | None = None
+
+    @property
+    def at_best(self) -> bool:
+        """Whether the current weights are the best epoch's (its end, before any further step)."""
+        return self.best_epoch > 0 and self.best_epoch == self.epoch and self.step_in_epoch == 0
+
+    def kept(self, cfg) -> dict:
+        """Which epoch's weights the run saves, and why (metrics.json, history.csv, the model card)."""
+        stopped = self.epoch < cfg.epochs
+        if cfg.keep == "best" and self.best_epoch:
+            return {"epoch": self.best_epoch, "rule": "best val ndcg@100", "score": self.best_score,
+                    "epochs_run": self.epoch, "stopped_early": stopped}
+        why = "last" if cfg.keep == "last" else "last (no validation to select by)"
+        return {"epoch": self.epoch, "rule": why, "epochs_run": self.epoch, "stopped_early": stopped}
 
 
-def save_checkpoint(path: Path, model, optimizer, state: TrainState) -> None:
+BEST_WEIGHTS = "best_model.pt"  # the best epoch's state_dict, when the checkpoint's model/ is a later one
+
+
+def save_checkpoint(path: Path, model, optimizer, state: TrainState, best: dict | None = None) -> None:
+    """`best`: the best epoch's weights (a state_dict), saved when they are not the current ones."""
     path = Path(path)
     # No model card here: generating one may look the base model up on the Hub (from every worker of a
     # cluster, each checkpoint); the final model folder gets beeray's card (artifacts.model_card).
     model.save(str(path / MODEL_DIR), create_model_card=False)
     torch.save(optimizer.state_dict(), path / "optimizer.pt")
+    if best is not None and not state.at_best:
+        torch.save(best, path / BEST_WEIGHTS)
     (path / STATE).write_text(json.dumps(state.__dict__, indent=1))
 
 
@@ -55,6 +80,20 @@ def load_checkpoint(path: Path, model, optimizer) -> TrainState:
     # weights_only: tensors and plain containers only, never arbitrary objects
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
     return read_state(path)
+
+
+def load_best(path: Path, state: TrainState, model) -> dict | None:
+    """The best epoch's weights held by a checkpoint (a CPU state_dict), None when it holds none; `model`:
+    the checkpoint's weights, already loaded (the best ones when the checkpoint closes the best epoch)."""
+    file = Path(path) / BEST_WEIGHTS
+    if file.exists():
+        return torch.load(file, map_location="cpu", weights_only=True)
+    return weights_copy(model) if state.at_best else None
+
+
+def weights_copy(model) -> dict:
+    """A CPU copy of a model's weights, kept apart from further training."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def read_state(path: Path) -> TrainState:

@@ -66,6 +66,12 @@ class TrainConfig:
     save_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     full_train: bool = False  # also train on the validation cold items (the final model)
     eval_every_epoch: bool = True  # validation metrics of the base model and after each epoch
+    # Which weights the run saves: best = the trained epoch with the highest validation NDCG@100
+    # (beeray.metrics.SELECTION_METRIC; the base model is never kept), last = the last epoch run.
+    # Without validation (full_train, or eval_every_epoch off) there is nothing to select by: the last.
+    keep: Literal["best", "last"] = "best"
+    # Stop after this many validated epochs in a row without a better validation NDCG@100; 0 = never.
+    patience: int = 0
     evaluate_test: bool = True  # test metrics of the final model (off inside tuning trials)
     # Multi-dataset (goodlens) folders (docs/method.md §3.4): joint = a step's users from any dataset,
     # negatives from the joint training catalog (the reference); per_dataset = each step's users and
@@ -107,7 +113,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise BeerayError(f"{at(name)}: {name} must be > 0, got {getattr(self, name)!r}")
-        for name in ["checkpoint_every", "max_failures", "weight_decay", "activation_memory", "warmup_steps"]:
+        for name in ["checkpoint_every", "max_failures", "weight_decay", "activation_memory", "warmup_steps",
+                     "patience"]:
             if getattr(self, name) < 0:
                 raise BeerayError(f"{at(name)}: {name} must be >= 0, got {getattr(self, name)!r}")
         if self.use_gpu and self.gpus_per_worker < 1:
@@ -121,10 +128,18 @@ class TrainConfig:
         if self.dataset_weights and self.batch_composition != "per_dataset":
             raise BeerayError(f"{at('dataset_weights', 'batch_composition')}: dataset_weights needs "
                               "batch_composition: per_dataset (joint steps draw users from every dataset at once)")
+        if self.patience and not self.validates:
+            raise BeerayError(f"{at('patience', 'full_train', 'eval_every_epoch')}: patience needs validation after "
+                              "every epoch (eval_every_epoch on, no full_train): it stops on validation NDCG@100")
         if self.parallel == "items" and self.batch_size < self.num_workers:
             raise BeerayError(f"{at('batch_size', 'num_workers')}: batch_size {self.batch_size} < num_workers "
                               f"{self.num_workers}")
         return self
+
+    @property
+    def validates(self) -> bool:
+        """Whether the run scores validation after every epoch (what `keep: best` and `patience` need)."""
+        return self.eval_every_epoch and not self.full_train
 
     # The only fields --resume may change: where the run lives, how it is supervised, and how long
     # it runs (every draw is keyed by (seed, epoch, step), so more epochs continue the same
@@ -134,11 +149,11 @@ class TrainConfig:
     # only continued when all of them agree.
     RESUME_MAY_CHANGE = ("out", "address", "max_failures", "keep_checkpoints", "checkpoint_every",
                          "eval_every_epoch", "evaluate_test", "crash_at_step", "epochs", "save_dtype",
-                         "tracking", "tracking_uri", "experiment")
+                         "tracking", "tracking_uri", "experiment", "keep", "patience")
 
     # Keys added after runs were saved without them, and what their absence meant then.
     ADDED_KEYS = {"batch_composition": "joint", "dataset_weights": {}, "optimizer": "adamw",
-                  "schedule": "constant", "warmup_steps": 0, "prompt": None}
+                  "schedule": "constant", "warmup_steps": 0, "prompt": None, "keep": "last", "patience": 0}
 
     def resume_conflicts(self, saved: dict) -> list[str]:
         """`key: old -> new` for every setting that differs from the checkpoint's config."""

@@ -22,6 +22,9 @@ _SPEC: tuple[tuple[str, str, int], ...] = (("recall@20", "recall", 20), ("recall
                                            ("ndcg@100", "ndcg", 100))
 METRICS: tuple[str, ...] = tuple(name for name, _, _ in _SPEC)
 VAL_METRICS: tuple[str, ...] = tuple(f"val_{m}" for m in METRICS)  # what training reports per epoch
+# What `keep: best` and `patience` in `beeray train` select epochs by (higher is better): NDCG@100 weighs
+# the whole top 100, so it moves with small gains that the recalls' cut-offs can miss.
+SELECTION_METRIC = "val_ndcg@100"
 STRATA = ("head", "middle", "tail")  # thirds of the candidates' target interactions, most popular first
 POPULARITY_METRICS: tuple[str, ...] = (*(f"recall@20_{s}" for s in STRATA), "recall@20_micro",
                                        "popularity_percentile@20")

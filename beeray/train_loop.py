@@ -4,8 +4,9 @@
 it). It is a few named steps over a `Recipe` that holds one worker's state: `Recipe.setup` (model,
 optimizer, the tokenized training catalog, a restored checkpoint), `validate_base` (epoch 0: the
 base model's validation metrics), `train_epoch` (the steps of one epoch, with mid-epoch
-checkpoints) and `end_epoch` (validation, history, the epoch's checkpoint). With one worker it
-is the single-process trainer; with W it runs the distributed step of docs/method.md §3.
+checkpoints), `end_epoch` (validation, history, the best epoch so far, the epoch's checkpoint), and
+`run`, which strings them together until cfg.epochs or an early stop (`patience`). With one worker
+it is the single-process trainer; with W it runs the distributed step of docs/method.md §3.
 
 Every report carries the same keys with the same meaning: `epoch` = epochs completed (0 before
 the first), `step` = optimizer steps taken, `epoch_end` = whether this report closes an epoch,
@@ -24,14 +25,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from beeray.checkpoint import TrainState, load_checkpoint
+from beeray.checkpoint import TrainState, load_best, load_checkpoint, weights_copy
 from beeray.config import TrainConfig, to_dict
 from beeray.data.prepared import PreparedData
 from beeray.distributed import Comm
 from beeray.encoder import TokenizedCatalog
 from beeray.errors import BeerayError
 from beeray.evaluate import evaluate
-from beeray.metrics import METRICS, VAL_METRICS
+from beeray.metrics import METRICS, SELECTION_METRIC, VAL_METRICS
 from beeray.models import load_model, set_attention_dropout, set_max_seq_length
 from beeray.optim import build_optimizer, build_scheduler
 from beeray.precision import describe, grad_scaler, resolve
@@ -102,6 +103,8 @@ class Recipe:
     scheduler: torch.optim.lr_scheduler.LambdaLR  # lr per optimizer step (cfg.schedule), stepped after each
     # per_dataset composition: catalog rows of each dataset (negatives of its steps); None = joint
     pools: list[np.ndarray] | None = None
+    # rank 0: a CPU copy of the best validated epoch's weights (state.best_epoch), saved in checkpoints
+    best: dict | None = None
 
     @classmethod
     def setup(cls, cfg: TrainConfig, rank: int, world: int, device: torch.device,
@@ -126,10 +129,11 @@ class Recipe:
         scheduler = build_scheduler(cfg, optimizer)
         precision = resolve(cfg.amp, device)
         scaler = grad_scaler(device, precision)
-        state = TrainState(config=to_dict(cfg))
+        state, best = TrainState(config=to_dict(cfg)), None
         if checkpoint_dir is not None:
             state = load_checkpoint(checkpoint_dir, model, optimizer)
             state.config = to_dict(cfg)
+            best = load_best(checkpoint_dir, state, model) if rank == 0 else None
             if state.scaler:
                 scaler.load_state_dict(state.scaler)  # fp16: continue with the loss scale reached
             if state.lr_schedule:
@@ -138,7 +142,7 @@ class Recipe:
             log(describe(cfg.amp, precision, device))
         return cls(cfg=cfg, data=data, rank=rank, world=world, device=device, model=model, optimizer=optimizer,
                    catalog=catalog, state=state, comm=Comm(device), precision=precision, scaler=scaler,
-                   restored=checkpoint_dir is not None, scheduler=scheduler, pools=pools)
+                   restored=checkpoint_dir is not None, scheduler=scheduler, pools=pools, best=best)
 
     @property
     def local_batch(self) -> int:
@@ -240,17 +244,54 @@ class Recipe:
 
         self.state.scaler = self.scaler.state_dict()
         self.state.lr_schedule = self.scheduler.state_dict()
-        save_checkpoint(folder, self.model, self.optimizer, self.state)
+        save_checkpoint(folder, self.model, self.optimizer, self.state, best=self.best)
+
+    def run(self, read_epoch: Callable[[], tuple[np.ndarray, list[np.ndarray]]], report: Report) -> None:
+        """The epochs still to run (all of them, or the rest of a restored run), until cfg.epochs or an
+        early stop; `read_epoch()`: this worker's (users, their items) for the next epoch."""
+        if self.cfg.eval_every_epoch and not self.state.history:
+            self.validate_base(report)
+        for epoch in range(self.state.epoch, self.cfg.epochs):
+            if self.stop_early():
+                return
+            users, user_items = read_epoch()
+            row = self.train_epoch(epoch, users, user_items, report)
+            self.end_epoch(row, report)
 
     def end_epoch(self, row: dict, report: Report) -> None:
-        """Validate (rank 0), record the epoch in the history and checkpoint it."""
+        """Validate (rank 0), record the epoch in the history, track the best epoch and checkpoint."""
         if self.cfg.eval_every_epoch and self.rank == 0:
             row.update(self.validation())
             log(f"epoch {row['epoch']}: loss {row['loss']:.5f}  val recall@20 {row['val_recall@20']:.4f}  "
                 f"ndcg@100 {row['val_ndcg@100']:.4f}")
         self.state.history.append(row)
         self.state.epoch, self.state.step_in_epoch = row["epoch"], 0
+        if self.cfg.validates:
+            self.track_best(row)
         report({**row, "epoch_end": True}, True)
+
+    def track_best(self, row: dict) -> None:
+        """`keep: best` and `patience`: every rank learns rank 0's validation score (stopping is
+        collective), and rank 0 copies the weights of a new best epoch before training changes them."""
+        mine = row[SELECTION_METRIC] if self.rank == 0 else 0.0
+        score = float(self.comm.all_reduce_(torch.tensor([mine], dtype=torch.float64, device=self.device)).item())
+        state = self.state
+        if state.best_epoch and score <= state.best_score:  # ties keep the earlier (fewer steps) epoch
+            return
+        state.best_epoch, state.best_score = row["epoch"], score
+        if self.rank == 0:
+            self.best = weights_copy(self.model)
+
+    def stop_early(self) -> bool:
+        """Whether `patience` validated epochs have passed without a better one (checked before each
+        epoch, so a restored run that had stopped stays stopped)."""
+        state, patience = self.state, self.cfg.patience
+        if not (patience and self.cfg.validates and state.best_epoch and state.epoch - state.best_epoch >= patience):
+            return False
+        if self.rank == 0:
+            log(f"early stop after epoch {state.epoch}: no better val ndcg@100 in {patience} epoch(s) since "
+                f"epoch {state.best_epoch} ({state.best_score:.4f})")
+        return True
 
 
 STORAGE_KEY = "_checkpoint_storage"  # (experiment path, filesystem) beside the TrainConfig, from trainer.fit
@@ -277,12 +318,7 @@ def train_loop_per_worker(config: dict) -> None:
         recipe = Recipe.setup(cfg, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
     report = ray_report(recipe, storage)
     shard = ray.train.get_dataset_shard("train")
-    if cfg.eval_every_epoch and not recipe.state.history:
-        recipe.validate_base(report)
-    for epoch in range(recipe.state.epoch, cfg.epochs):
-        users, user_items = read_shard(shard)
-        row = recipe.train_epoch(epoch, users, user_items, report)
-        recipe.end_epoch(row, report)
+    recipe.run(lambda: read_shard(shard), report)
 
 
 def ray_report(recipe: Recipe, storage: tuple | None = None) -> Report:

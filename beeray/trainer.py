@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from beeray import artifacts, files, training_record
-from beeray.checkpoint import MODEL_DIR, read_state, resolve_resume
+from beeray.checkpoint import BEST_WEIGHTS, MODEL_DIR, TrainState, read_state, resolve_resume
 from beeray.config import TrainConfig, to_dict
 from beeray.data.prepared import PreparedData
 from beeray.errors import BeerayError
@@ -191,14 +191,17 @@ def _train(cfg: TrainConfig, data: PreparedData, *, resume: bool | str, baseline
     model_dir = out / "model"
     with result.checkpoint.as_directory() as ckpt:
         state = read_state(ckpt)
-        files.replace_dir(Path(ckpt) / MODEL_DIR, model_dir)
+        kept = write_kept_model(Path(ckpt), state, cfg, model_dir)
+    print(f"beeray: kept epoch {kept['epoch']} of {kept['epochs_run']} ({kept['rule']}"
+          + (f" {kept['score']:.4f}" if kept.get("score") is not None else "")
+          + ("; stopped early" if kept["stopped_early"] else "") + ")", flush=True)
     if cfg.save_dtype != "float32":
         save_model(load_model(str(model_dir), device="cpu", trust_remote_code=cfg.trust_remote_code),
                    model_dir, cfg.save_dtype)
     # After the last rewrite of the folder: what it trained on, for evaluate's leak guard.
     fingerprint = model_fingerprint(str(model_dir))
     training_record.write(model_dir, training_record.build(data, cfg.full_train, cfg.model, fingerprint))
-    artifacts.write_history(state.history, state.steps, out)
+    artifacts.write_history(state.history, state.steps, out, kept_epoch=kept["epoch"])
     # On a cluster the driver sits on the (CPU) head node: evaluate where the workers' devices are.
     gpus = cfg.gpus_per_worker if cfg.use_gpu else 0
     task = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=gpus)(final_metrics)
@@ -206,8 +209,10 @@ def _train(cfg: TrainConfig, data: PreparedData, *, resume: bool | str, baseline
     model_marker = files.publish(model_dir, f"{cfg.out}/model") if files.is_url(cfg.out) else None
     metrics = ray.get(task.remote(cfg, f"{cfg.out}/model" if model_marker else str(model_dir), baseline=baseline))
     files.write_json(out / "metrics.json", {"config": to_dict(cfg), "data": data.stats,
-                                            "model_fingerprint": fingerprint, **metrics})
-    artifacts.model_card(model_dir, to_dict(cfg), data.stats, metrics, fingerprint=fingerprint)
+                                            "split_digest": data.split_digest, "model_fingerprint": fingerprint,
+                                            "kept": kept, **metrics})
+    artifacts.model_card(model_dir, to_dict(cfg), data.stats, metrics, fingerprint=fingerprint, kept=kept,
+                         split_digest=data.split_digest)
     from beeray import tracking
 
     run_id = None
@@ -222,6 +227,27 @@ def _train(cfg: TrainConfig, data: PreparedData, *, resume: bool | str, baseline
         print(f"beeray: uploaded to {published}", flush=True)
     return TrainOutput(out=out, model_dir=model_dir, history=state.history, steps=state.steps, metrics=metrics,
                        mlflow_run=run_id, published=published)
+
+
+def write_kept_model(ckpt: Path, state: TrainState, cfg: TrainConfig, model_dir: Path) -> dict:
+    """Write the weights `cfg.keep` selects from the run's last checkpoint to `model_dir`: the
+    checkpoint's own model (the last epoch), or that model with the best epoch's weights it carries
+    (beeray.checkpoint.BEST_WEIGHTS). Returns TrainState.kept: which epoch, and why."""
+    import torch
+
+    kept = state.kept(cfg)
+    best = ckpt / BEST_WEIGHTS
+    if kept["epoch"] != state.epoch and not best.exists():
+        # a run resumed from a checkpoint written before epochs were selected: the last is all there is
+        kept = {**kept, "epoch": state.epoch, "rule": "last (the checkpoints hold no earlier epoch's weights)"}
+        kept.pop("score", None)
+    if kept["epoch"] == state.epoch:
+        files.replace_dir(ckpt / MODEL_DIR, model_dir)
+        return kept
+    model = load_model(str(ckpt / MODEL_DIR), device="cpu", trust_remote_code=cfg.trust_remote_code)
+    model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True))
+    save_model(model, model_dir)
+    return kept
 
 
 def tokenize_catalog(cfg: TrainConfig, data: PreparedData) -> None:

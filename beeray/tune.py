@@ -165,6 +165,8 @@ def finish(cfg: TuneConfig, result_grid, *, resume: bool = False, baseline: bool
 
     final_cfg = from_dict(TrainConfig, {**to_dict(cfg.train), **best.config, "epochs": best.best_epoch,
                                         "full_train": True, "evaluate_test": True, "out": final_dir,
+                                        # no validation in a refit: it trains the chosen epochs, no early stop
+                                        "patience": 0,
                                         # the search's store, not one beside final/
                                         "tracking_uri": tracking_uri(cfg.train)},
                           "final config").validate()

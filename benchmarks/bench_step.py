@@ -7,6 +7,9 @@ Cases (each prints a table and writes benchmarks/results/<case>.json):
                 on ml-latest-small, same model, users and I_b, interleaved.
   gb-reference  the same comparison on the Goodbooks LLM descriptions at max_seq_length 256.
   memory        peak memory of one step for several m and catalog sizes, one fresh subprocess each.
+  precision     the same steps in fp32 and under bf16 autocast (`amp: bf16`), two copies of the model
+                from the same weights, interleaved: seconds per step of each and the speed-up
+                (--on ml: ml-latest-small; --on goodbooks: the Goodbooks descriptions).
 
 Every figure that compares two things is measured side by side in one process with the
 repetitions interleaved (A, B, A, B, ...): the machine may be shared, so absolute seconds
@@ -157,10 +160,11 @@ class PhaseTimer:
 
 
 def timed_step(model, optimizer, catalog, batch, *, m, key, chunk, device, phases: PhaseTimer | None = None,
-               activation_memory: float = 0.0):
+               activation_memory: float = 0.0, precision: str = "fp32"):
     sync(device)
     t0 = time.perf_counter()
-    kw = dict(m=m, rng_key=key, chunk_size=chunk, device=device, activation_memory=activation_memory)
+    kw = dict(m=m, rng_key=key, chunk_size=chunk, device=device, activation_memory=activation_memory,
+              precision=precision)
     if phases is None:
         res = train_step(model, optimizer, catalog, batch, **kw)
     else:
@@ -259,6 +263,48 @@ def case_goodbooks(args) -> dict:
     print(f"ratio (sum step / sum encode) = {summary['ratio']:.2f}   median {summary['ratio_median']:.2f}   "
           f"goal <= 4.5   pass2/pass1 = {summary['pass2_over_pass1']:.2f}")
     return {"case": "goodbooks", "config": vars(args), "machine": machine(), "reps": records, "summary": summary}
+
+
+# ---------------------------------------------------------------- case: precision
+
+def case_precision(args) -> dict:
+    """fp32 against bf16 autocast, the same users, I_b and dropout draws for both, interleaved (which
+    goes first alternates); each side trains its own copy of the model from the same weights."""
+    device = pick_device(args.device)
+    kind, raw, default, label = REFERENCE_DATA["ml-reference" if args.on == "ml" else "gb-reference"]
+    root = ensure_prepared(kind, raw, Path(args.data or default))
+    data = PreparedData.load(root)
+    catalog_items = data.train_items()
+    users = train_users(root, catalog_items)
+    models = {"fp32": load(args.model, args.msl, device, args.attention_dropout)}
+    models["bf16"] = copy.deepcopy(models["fp32"])
+    catalog = TokenizedCatalog.build(models["fp32"], data.train_texts(catalog_items), args.msl, items=catalog_items)
+    optimizers = {k: torch.optim.AdamW(m.parameters(), lr=1e-5) for k, m in models.items()}
+    for name in models:
+        warm_up(models[name], optimizers[name], catalog, users, args.chunk, device)
+    records = []
+    for rep, batch in enumerate(batches(users, args.batch, args.reps)):
+        key = (SEED, 0, rep)
+        rec = {"rep": rep}
+        for name in (("fp32", "bf16") if rep % 2 == 0 else ("bf16", "fp32")):
+            torch.manual_seed(rep)  # the same dropout draws on both sides
+            rec[f"{name}_s"], res = timed_step(models[name], optimizers[name], catalog, batch, m=args.m, key=key,
+                                               chunk=args.chunk, device=device, precision=name)
+            rec[f"{name}_loss"], rec["items"] = res.loss, res.items
+        rec["speedup"] = rec["fp32_s"] / rec["bf16_s"]
+        records.append(rec)
+        print(f"  rep {rep}: |I_b| {rec['items']}  fp32 {rec['fp32_s']:.2f}s  bf16 {rec['bf16_s']:.2f}s  "
+              f"speed-up {rec['speedup']:.2f}x  loss fp32 {rec['fp32_loss']:.6f} bf16 {rec['bf16_loss']:.6f}", flush=True)
+    fp32, bf16 = (sum(r[f"{k}_s"] for r in records) for k in ("fp32", "bf16"))
+    summary = {"fp32_s_mean": fp32 / len(records), "bf16_s_mean": bf16 / len(records), "speedup": fp32 / bf16}
+    print()
+    print(f"precision on {label}: {Path(args.model).name}, msl {args.msl}, m {args.m}, chunk {args.chunk}, batch "
+          f"{args.batch} users, {device}, {torch.get_num_threads()} threads")
+    print(table(["rep", "|I_b|", "fp32_s", "bf16_s", "speed-up"],
+                [[r["rep"], r["items"], r["fp32_s"], r["bf16_s"], r["speedup"]] for r in records]))
+    print(f"fp32 {summary['fp32_s_mean']:.2f} s/step, bf16 {summary['bf16_s_mean']:.2f} s/step: "
+          f"bf16 is {summary['speedup']:.2f}x as fast")
+    return {"case": "precision", "config": vars(args), "machine": machine(), "reps": records, "summary": summary}
 
 
 # ---------------------------------------------------------------- cases: ml-reference, gb-reference
@@ -455,6 +501,7 @@ DEFAULTS = {
     "ml-reference": {"msl": 64, "m": 512, "chunk": 64, "batch": 32, "reps": 3},
     "gb-reference": {"msl": 256, "m": 512, "chunk": 64, "batch": 8, "reps": 3},
     "memory": {"msl": 128, "m": 512, "chunk": 64, "batch": 2, "reps": 1},
+    "precision": {"msl": 64, "m": 256, "chunk": 64, "batch": 32, "reps": 2},
 }
 
 
@@ -474,6 +521,7 @@ def main(argv=None) -> int:
                    help="goodbooks: set the attention-probability dropout of the trained model (default: the model's)")
     p.add_argument("--activation-memory", type=float, default=0.0,
                    help="goodbooks, *-reference: GiB of pass-1 graphs beeray's step keeps (default 0: recompute all)")
+    p.add_argument("--on", choices=("ml", "goodbooks"), default="ml", help="precision: the data set (default ml)")
     p.add_argument("--ms", type=int, nargs="+", default=[256, 512, 1024], help="memory: values of m")
     p.add_argument("--catalogs", type=int, nargs="+", default=[1000, 10000],
                    help="memory: catalog sizes at m=512 (a random subset of Goodbooks; >= its size = all)")
@@ -489,7 +537,7 @@ def main(argv=None) -> int:
         print(json.dumps(memory_child(args)))
         return 0
     run = {"goodbooks": case_goodbooks, "ml-reference": case_reference, "gb-reference": case_reference,
-           "memory": case_memory}[args.case]
+           "memory": case_memory, "precision": case_precision}[args.case]
     doc = run(args)
     print(f"wrote {write(args.case, doc)}")
     if not torch.cuda.is_available():

@@ -28,11 +28,15 @@ RUNS = REPO / "runs" / "results"
 DATA = REPO / "data" / "results"
 BEERAY = [sys.executable, "-m", "beeray.cli"]
 MINILM = "all-MiniLM-L6-v2"
+MPNET = "all-mpnet-base-v2"  # the paper's model, zero-shot (the `mpnet` extra carries it offline)
 BOOTSTRAP = 1000
 
 # beeFormer training on a 2-core CPU: MiniLM, the model's own dropout, lr 5e-5 (the paper's 1e-5 moves
-# too little in the few steps a CPU affords), trained on train + validation like every baseline's
-# test refit. `users`: training users kept (a random subset; validation and test are untouched).
+# too little in the steps a CPU affords). Like every baseline: a validation run (train part only,
+# validation after every epoch, the best epoch kept: `keep: best`) chooses the number of epochs, and the
+# row's model is refitted on train + validation for that many epochs (`--full-train`). `users`: training
+# users kept (a random subset; validation and test are untouched), None = all. `train`: the recipe;
+# its `epochs` is the validation run's budget.
 DATASETS = {
     "amazon": {"title": "Amazon Industrial & Scientific, time split", "kind": "amazon-json",
                "input": SHARED / "amazon-scientific", "split": "time",
@@ -44,9 +48,11 @@ DATASETS = {
                   "baselines": ["text-popularity", "cbf+popularity", "heater"],
                   "train": {"epochs": 1, "batch_size": 32, "m": 256, "max_seq_length": 128, "encode_batch_size": 64},
                   "users": 320},
+    # 4 epochs of 32 users: 84 steps (>= 60) at ~12 s a step on the 2-core CPU (benchmarks/README.md,
+    # precision), where 64-user steps would give 44 steps in the same time.
     "ml": {"title": "MovieLens latest-small, item split", "kind": "movielens", "input": SHARED / "ml-latest-small",
            "split": "item", "baselines": ["text-popularity", "cbf+popularity", "heater"],
-           "train": {"epochs": 1, "batch_size": 64, "m": 256, "max_seq_length": 64, "encode_batch_size": 64},
+           "train": {"epochs": 4, "batch_size": 32, "m": 256, "max_seq_length": 64, "encode_batch_size": 64},
            "users": None},
 }
 
@@ -119,10 +125,11 @@ def prepared(name: str, spec: dict) -> tuple[Path, list[str], float | None]:
     return data, prep, seconds
 
 
-def train_command(data: Path, out: Path, settings: dict) -> list[str]:
-    """`beeray train` as every beeFormer row of this page runs it: MiniLM, lr 5e-5, train + validation."""
+def train_command(data: Path, out: Path, settings: dict, full: bool = True) -> list[str]:
+    """`beeray train` as every beeFormer row of this page runs it: MiniLM, lr 5e-5; `full`: the refit on
+    train + validation, else the validation run that chooses its epochs (train part, the best epoch kept)."""
     return [*BEERAY, "train", "--data", str(data), "--out", str(out), "--model", MINILM, "--lr", "5e-5",
-            "--full-train", "--no-baseline", "--cpus-per-worker", "2",
+            *(["--full-train"] if full else []), "--no-baseline", "--cpus-per-worker", "2",
             *[x for k, v in settings.items() for x in
               ((f"--{k.replace('_', '-')}", str(v)) if k in TRAIN_FLAGS else ("--set", f"{k}={v}"))]]
 
@@ -139,6 +146,8 @@ def trained(cmd: list[str], model: Path, log_dir: Path) -> float:
 
 def dataset(name: str, spec: dict) -> dict:
     """Prepare, train beeFormer, compare everything; returns what the page needs."""
+    import pandas as pd
+
     out = RUNS / name
     commands, timing = [], {}
     data, prep, seconds = prepared(name, spec)
@@ -146,15 +155,22 @@ def dataset(name: str, spec: dict) -> dict:
     if seconds is not None:
         timing["prepare"] = seconds
     train_data = trimmed(data, DATA / f"{name}-train{spec['users']}", spec["users"]) if spec["users"] else data
-    model = out / "beeformer"
-    train = train_command(train_data, model, spec["train"])
+    # The number of epochs, chosen on validation; then the refit on train + validation for that many.
+    validated = out / "beeformer-val"
+    train = train_command(train_data, validated, spec["train"], full=False)
     commands.append(train)
-    timing["train"] = trained(train, model, out)
+    timing["validation run"] = trained(train, validated, out / "validation-run")
+    kept = json.loads((validated / "metrics.json").read_text())["kept"]
+    model = out / "beeformer"
+    refit = train_command(train_data, model, {**spec["train"], "epochs": kept["epoch"]})
+    commands.append(refit)
+    timing["train"] = trained(refit, model, out)
     table = out / "compare.json"
     # Zero-shot MiniLM at its own 256 tokens and at the trained model's length (encoders compared at
-    # equal length too); every other row is paired against the beeFormer row on the same users.
+    # equal length too), zero-shot MPNet (the paper's model); every other row is paired against the
+    # beeFormer row on the same users.
     compare = [*BEERAY, "compare", "--data", str(data), "--split", "test", "--model", MINILM,
-               "--model", str(minilm_at(spec["train"]["max_seq_length"])),
+               "--model", str(minilm_at(spec["train"]["max_seq_length"])), "--model", MPNET,
                "--model", str(model / "model"), "--text-model", MINILM, "--bootstrap", str(BOOTSTRAP),
                *[x for b in spec["baselines"] for x in ("--baseline", b)], "--reference", str(model / "model"),
                "--out", str(table)]
@@ -165,8 +181,11 @@ def dataset(name: str, spec: dict) -> dict:
         timing["compare"] = run(compare, out / "compare.log")
     stats = json.loads((data / "stats.json").read_text())
     train_stats = json.loads((model / "metrics.json").read_text())
+    history = pd.read_csv(validated / "history.csv")
     return {"name": name, "spec": spec, "commands": commands, "timing": timing, "stats": stats,
-            "compare": json.loads(table.read_text()), "train_config": train_stats["config"]}
+            "compare": json.loads(table.read_text()), "train_config": train_stats["config"], "kept": kept,
+            "validation_curve": history[history["kind"] == "epoch"][["epoch", "step", "val_ndcg@100"]].to_dict("records"),
+            "refit_steps": int(pd.read_csv(model / "history.csv").query("kind == 'step'")["step"].max())}
 
 
 def minilm_at(tokens: int) -> Path:
@@ -270,6 +289,8 @@ def label(row: str, model_dir: str) -> str:
         return f"MiniLM zero-shot (CBF), {row.rsplit('msl', 1)[1]} tokens"
     if row.endswith("/model"):
         return "**beeFormer-trained MiniLM** (CBF)"
+    if row == MPNET:
+        return "MPNet zero-shot (CBF, all-mpnet-base-v2), 384 tokens"
     return row.removeprefix("baseline:")
 
 
@@ -321,9 +342,11 @@ def section(r: dict) -> list[str]:
              f"test: {split['test']['users']:,} users"
              + (f", {split['test_items']:,} cold candidate items" if spec["split"] == "item" else ", all items are candidates")
              + f". Seconds per row: encoding + scoring for encoders, validation search + refit + scoring for "
-               "baselines; the training run of the beeFormer row is listed below the table.", "",
-             "| model | Recall@20 | Recall@50 | NDCG@100 | R@20 head | R@20 middle | R@20 tail | top-20 popularity %ile | seconds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+               "baselines; the training run of the beeFormer row is listed below the table.", ""]
+    if "split_digest" in oracle:  # absent from a compare run before splits had digests
+        lines += [f"Scored on the split with digest `sha256:{oracle['split_digest']}` (docs/splits/).", ""]
+    lines += ["| model | Recall@20 | Recall@50 | NDCG@100 | R@20 head | R@20 middle | R@20 tail | top-20 popularity %ile | seconds |",
+              "|---|---|---|---|---|---|---|---|---|"]
     edge_notes = {}
     for name, res in rows.items():
         pop = res.get("popularity", {})
@@ -341,13 +364,7 @@ def section(r: dict) -> list[str]:
                  + " | ".join(cell(oracle, m) for m in METRICS) + " | "
                  + " | ".join(_fmt(pop.get(k)) for k in ("recall@20_head", "recall@20_middle", "recall@20_tail"))
                  + f" | {_fmt(pop.get('popularity_percentile@20'), 1)} | |")
-    tc = r["train_config"]
-    users = spec["users"] or "all"
-    steps = math.ceil((users if isinstance(users, int) else s["split"]["train_full_users"]) / tc["batch_size"])
-    lines += ["", f"beeFormer row: `beeray train` on {users} training users (train + validation), {tc['epochs']} epoch "
-              f"= {steps} steps of {tc['batch_size']} users, m {tc['m']}, max_seq_length {tc['max_seq_length']}, "
-              f"lr {tc['lr']:g}, optimizer {tc.get('optimizer', 'adamw')}, {r['timing']['train'] / 60:.1f} minutes on "
-              "the 2-core CPU (evaluation included).", ""]
+    lines += ["", *beeformer_recipe(r), ""]
     if edge_notes:
         lines += ["Choices on an end of their ladder (the search would have gone further; why the ladder stops "
                   "there): " + "; ".join(f"{k}: {why}" for k, why in edge_notes.items()) + ".", ""]
@@ -368,6 +385,30 @@ def section(r: dict) -> list[str]:
                   f"{gains['head']:+.3f}, middle {gains['middle']:+.3f}, tail {gains['tail']:+.3f}; the top 20 moves "
                   f"{pct:+.1f} popularity percentile points.", ""]
     return lines
+
+
+def beeformer_recipe(r: dict) -> list[str]:
+    """How the beeFormer row was trained: the validation run that chose the epochs, then the refit."""
+    spec, tc, s = r["spec"], r["train_config"], r["stats"]
+    users = spec["users"] or "all"
+    if "kept" not in r:  # a section generated before epochs were chosen on validation
+        steps = math.ceil((users if isinstance(users, int) else s["split"]["train_full_users"]) / tc["batch_size"])
+        return [f"beeFormer row: `beeray train` on {users} training users (train + validation), {tc['epochs']} epoch "
+                f"= {steps} steps of {tc['batch_size']} users, m {tc['m']}, max_seq_length {tc['max_seq_length']}, "
+                f"lr {tc['lr']:g}, optimizer {tc.get('optimizer', 'adamw')}, {r['timing']['train'] / 60:.1f} minutes "
+                "on the 2-core CPU (evaluation included)."]
+    kept, curve = r["kept"], r["validation_curve"]
+    shown = ", ".join(f"epoch {int(c['epoch'])} (step {int(c['step'])}) {c['val_ndcg@100']:.4f}" for c in curve)
+    return [f"beeFormer row: MiniLM trained with `beeray train` on {users} training users, {tc['batch_size']} users a "
+            f"step, m {tc['m']}, max_seq_length {tc['max_seq_length']}, lr {tc['lr']:g}, optimizer "
+            f"{tc.get('optimizer', 'adamw')}, fp32 ({tc.get('amp', 'auto')} on the CPU). The number of epochs is chosen on "
+            f"validation, as every baseline's: a validation run of {kept['epochs_run']} epochs on the train part "
+            f"({curve[-1]['step']} steps, {r['timing']['validation run'] / 60:.1f} minutes) scored validation NDCG@100 "
+            f"after each ({shown}; epoch 0 is the base model) and kept epoch {kept['epoch']}"
+            + (" (stopped early by patience)" if kept.get("stopped_early") else "")
+            + f"; the row's model is then refitted on train + validation for {kept['epoch']} epoch(s) = "
+            f"{r['refit_steps']} optimizer steps ({r['timing']['train'] / 60:.1f} minutes, the test evaluation "
+            "included). Wall time on the shared 2-core CPU."]
 
 
 def goodlens_section(r: dict) -> list[str]:

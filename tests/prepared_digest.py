@@ -34,9 +34,12 @@ def digest(folder: Path) -> dict[str, str]:
         table = pq.read_table(folder / f"{name}.parquet")
         out[f"{name}.parquet"] = _sha([[c, _type(table.schema.field(c).type), table.column(c).to_pylist()]
                                        for c in table.column_names])
-    out["split.json"] = _sha(json.loads((folder / "split.json").read_text()))
+    split = json.loads((folder / "split.json").read_text())
+    split.pop("digest", None)  # the split's own digest (issue 31), added after these were recorded
+    out["split.json"] = _sha(split)
     stats = json.loads((folder / "stats.json").read_text())
     stats.pop("inputs", None)
+    stats.get("split", {}).pop("digest", None)
     out["stats.json"] = _sha(stats)
     return out
 

@@ -60,3 +60,33 @@ def test_a_section_marks_edges_and_gives_paired_verdicts():
     assert "MiniLM zero-shot (CBF), 64 tokens" in text and "MiniLM zero-shot (CBF), 256 tokens" in text
     assert "- against itemknn: Recall@20 +0.0500 ± 0.0100 (better, p_holm 0.001)" in text
     assert "- against ease: Recall@20 -0.0040 ± 0.0100 (no clear difference, p_holm 0.7)" in text
+
+
+def test_a_section_names_its_split_and_how_the_beeformer_epochs_were_chosen():
+    """Issue 31: the section prints the split's digest, an MPNet zero-shot row, and the beeFormer row's
+    validation run (its curve, the kept epoch) and refit (that many epochs on train + validation)."""
+    results = load_results()
+    model = "/runs/x/beeformer/model"
+    metrics = {"recall@20": 0.2, "recall@50": 0.3, "ndcg@100": 0.25,
+               "stderr": {"recall@20": 0.01, "recall@50": 0.01, "ndcg@100": 0.01},
+               "popularity": {"recall@20_head": 0.1, "recall@20_middle": 0.1, "recall@20_tail": 0.1,
+                              "popularity_percentile@20": 50.0}, "split_digest": "ab" * 32}
+    rows = {"all-MiniLM-L6-v2": metrics, "all-mpnet-base-v2": metrics, model: metrics}
+    cell = {"diff": -0.05, "stderr": 0.01, "p_holm": 0.001, "verdict": "worse"}
+    paired = {name: {m: dict(cell) for m in ("recall@20", "recall@50", "ndcg@100")} for name in rows if name != model}
+    comp = {"datasets": {"shop": {}}, "results": {name: {"shop": res} for name, res in rows.items()},
+            "oracle": {"shop": metrics}, "paired": {"alpha": 0.05, "by_reference": {model: {"shop": paired}}}}
+    curve = [{"epoch": 0, "step": 0, "val_ndcg@100": 0.2}, {"epoch": 1, "step": 21, "val_ndcg@100": 0.3},
+             {"epoch": 2, "step": 42, "val_ndcg@100": 0.35}, {"epoch": 3, "step": 63, "val_ndcg@100": 0.34}]
+    r = {"spec": {**results.DATASETS["ml"], "baselines": []}, "compare": comp,
+         "stats": {"users": 10, "items": 20, "interactions": 30, "split": {"test": {"users": 5}, "test_items": 7}},
+         "timing": {"train": 600.0, "validation run": 1200.0},
+         "train_config": {"epochs": 2, "batch_size": 32, "m": 256, "max_seq_length": 64, "lr": 5e-5},
+         "kept": {"epoch": 2, "rule": "best val ndcg@100", "score": 0.35, "epochs_run": 3, "stopped_early": False},
+         "validation_curve": curve, "refit_steps": 42}
+    text = "\n".join(results.section(r))
+    assert f"Scored on the split with digest `sha256:{'ab' * 32}`" in text
+    assert "| MPNet zero-shot (CBF, all-mpnet-base-v2), 384 tokens |" in text
+    assert "a validation run of 3 epochs on the train part (63 steps, 20.0 minutes)" in text
+    assert "epoch 2 (step 42) 0.3500" in text and "kept epoch 2;" in text
+    assert "refitted on train + validation for 2 epoch(s) = 42 optimizer steps (10.0 minutes" in text

@@ -67,6 +67,13 @@ def test_train_cli_writes_artifacts_and_learns(ray_session, shop, tiny_model_dir
         assert epochs["loss"].iloc[epoch] == pytest.approx(mine["loss"].mean(), rel=1e-9)
     assert (out / "history.png").stat().st_size > 1000
     assert "trained / test" in capsys.readouterr().out
+    # keep: best (the default): the saved weights are the trained epoch's with the best val NDCG@100
+    best = epochs[epochs["epoch"] > 0].sort_values("val_ndcg@100", ascending=False, kind="stable").iloc[0]
+    assert metrics["kept"] == {"epoch": best["epoch"], "rule": "best val ndcg@100", "epochs_run": 2,
+                               "score": pytest.approx(best["val_ndcg@100"], rel=1e-9), "stopped_early": False}
+    assert epochs.loc[epochs["kept"].astype(bool), "epoch"].tolist() == [best["epoch"]]
+    assert metrics["trained"]["val"]["ndcg@100"] == pytest.approx(best["val_ndcg@100"], abs=5e-3)  # saved as float16
+    assert f"the weights of epoch {best['epoch']} of the 2 run (best val ndcg@100" in card.text
 
     # The run, read back through MLflow's own API from the default store beside the run folder.
     from mlflow import MlflowClient

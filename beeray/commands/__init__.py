@@ -146,6 +146,8 @@ def run_evaluations(args, datasets: dict, which: str, log: Callable[[str], None]
     for label, (data, part) in targets.items():
         split = data.eval_split(which, part)
         oracle[label] = score_split(PopularityOracle(split.target), split, **scoring)
+        for res in [oracle[label], *(per[label] for per in rows.values())]:
+            res["split_digest"] = data.split_digest  # which split a result was scored on, by content
     return rows, oracle
 
 
@@ -165,6 +167,7 @@ def print_tables(rows: dict[str, dict], oracle: dict[str, dict], which: str, tit
             else:
                 named[name] = res
         print(f"\n{title(label)}")
+        print(f"split sha256:{oracle[label]['split_digest']}")
         print(artifacts.metrics_table(named, oracle=oracle[label]))
         for note in notes:
             print(note)

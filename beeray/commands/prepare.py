@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from beeray.data.loaders import DATASETS, GenericColumns
 from beeray.data.prepare import PrepareOptions, format_stats, prepare
@@ -63,6 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-frac", type=float, default=0.2, help="time split: validation share (default 0.2)")
     p.add_argument("--test-frac", type=float, default=0.2, help="time split: test share (default 0.2)")
     p.add_argument("--seed", type=int, default=42, help="seed of the cold-item draw (default 42)")
+    p.add_argument("--split-items", metavar="FILE", type=path_arg("--split-items", Path),
+                   help="item split: the validation and test cold items listed in FILE (a prepared folder's "
+                        "split_items.tsv, or docs/splits/), instead of a seeded draw: reproduces that split")
     p.add_argument("--min-rating", type=float, default=4.0, help="ratings >= this are interactions (default 4)")
     p.add_argument("--min-user-interactions", type=int, default=5, metavar="N",
                    help="drop users with fewer interactions (default 5)")
@@ -109,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
                      options=options,
                      columns=columns if args.dataset in ("generic", "goodlens") else None,
                      force=args.force, synthetic_seed=args.synthetic_seed,
-                     synthetic_size=tuple(args.synthetic_size) if args.synthetic_size else None)
+                     synthetic_size=tuple(args.synthetic_size) if args.synthetic_size else None,
+                     split_items=args.split_items)
     if url and not (result.up_to_date and files.remote_exists(out, files.MARKER)):
         files.publish(result.out, out)  # prepared in its staging folder; uploaded, marker last
     if result.up_to_date:

@@ -21,6 +21,8 @@ _FLAGS = {
     "--schedule": ("schedule", str, "learning rate per step: constant (paper, default) | linear | cosine (decay to 0)"),
     "--warmup-steps": ("warmup_steps", int, "steps of linear warm-up from 0 to --lr (default 0)"),
     "--prompt": ("prompt", str, "text before every item text, saved as the model's prompt (e5: 'passage: ')"),
+    "--keep": ("keep", str, "best (default: the epoch with the best validation NDCG@100) | last"),
+    "--patience": ("patience", int, "stop after this many epochs without a better validation NDCG@100 (0: never)"),
     "--batch-size": ("batch_size", int, "users per global step"),
     "--m": ("m", int, "items per step: the batch's positives plus uniform negatives"),
     "--max-seq-length": ("max_seq_length", int, "tokens per item text"),

@@ -20,8 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from beeray import __version__
-from beeray.files import staged_dir, write_json
+from beeray.files import staged_dir, write_json, write_text
 from beeray.data.loaders import DATASETS, GenericColumns, RawDataset, load_dataset
+from beeray.data.prepared import SPLIT_ITEMS, split_digest
 from beeray.data.preprocess import Processed, combine, preprocess
 from beeray.data.splits import Split, item_split, time_split
 from beeray.errors import BeerayError
@@ -82,9 +83,11 @@ def _file_digest(path: Path) -> str:
 
 def fingerprint(dataset: str, inputs: dict[str, Path | None], options: PrepareOptions,
                 columns: GenericColumns | None = None, synthetic_seed: int | None = None,
-                synthetic_size: tuple[int, int, int] | None = None) -> str:
+                synthetic_size: tuple[int, int, int] | None = None, split_items: Path | None = None) -> str:
     doc = {"format": FORMAT_VERSION, "dataset": dataset, "options": asdict(options),
            "columns": asdict(columns) if columns else None, "synthetic_seed": synthetic_seed, "files": {}}
+    if split_items is not None:  # absent for drawn splits, so their fingerprints are unchanged
+        doc["split_items"] = _file_digest(split_items)
     if synthetic_size is not None:  # absent for the demo shop, so its fingerprint is unchanged
         doc["synthetic_size"] = list(synthetic_size)
     if dataset == "goodlens":
@@ -147,16 +150,61 @@ def _write_users(path: Path, data: Processed) -> None:
 
 
 def write_prepared(tmp: Path, data: Processed, split: Split, stats: dict) -> None:
-    """Write every file of the prepared folder into `tmp` (which must exist and be empty)."""
+    """Write every file of the prepared folder into `tmp` (which must exist and be empty); the split's
+    digest (read back from the files written) goes into split.json and stats["split"]."""
     _write_items(tmp / "items.parquet", data)
     _write_users(tmp / "users.parquet", data)
     _write_lists(tmp / "train.parquet", split.train, ("items",))
     _write_lists(tmp / "train_full.parquet", split.train_full, ("items",))
     _write_lists(tmp / "val.parquet", split.val.frame, ("source", "target"))
     _write_lists(tmp / "test.parquet", split.test.frame, ("source", "target"))
-    write_json(tmp / "split.json", split.to_json())
+    doc = split.to_json()
+    write_json(tmp / "split.json", doc)
+    doc["digest"] = stats["split"]["digest"] = split_digest(tmp)
+    write_json(tmp / "split.json", doc)
+    if split.kind == "item":  # a time split has no cold items: its data and fractions define it
+        write_split_items(tmp / SPLIT_ITEMS, data, split, doc["digest"])
     # stats.json last: its presence marks a complete folder.
     write_json(tmp / "stats.json", stats)
+
+
+def write_split_items(path: Path, data: Processed, split: Split, digest: str) -> None:
+    """The cold items as ids, sorted (`beeray prepare --split-items` reads this back)."""
+    ids = data.items["item_id"].astype(str).to_numpy()
+    lines = [f"# beeray split items: {split.kind} split, digest {digest}",
+             "# one cold item a line: val|test, a tab, the item id (beeray prepare --split-items FILE)"]
+    for which, items in (("val", split.val_items), ("test", split.test_items)):
+        lines += [f"{which}\t{i}" for i in sorted(ids[np.asarray(items, dtype=np.int64)])]
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def read_split_items(path: Path, item_ids: pd.Series) -> tuple[list[int], list[int]]:
+    """(val, test) item indices of the ids listed in a split-items file; one line naming the file and
+    line for anything that is not a known item of `item_ids` (the preprocessed catalog) or is listed twice."""
+    index = {str(i): n for n, i in enumerate(item_ids.astype(str))}
+    given: dict[str, list[int]] = {"val": [], "test": []}
+    seen: dict[str, int] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BeerayError(f"{path}: cannot read the split items ({exc})") from None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        which, _, item = line.rstrip("\r").partition("\t")
+        if which not in given or not item:
+            raise BeerayError(f"{path} line {number}: expected 'val' or 'test', a tab and an item id; got {line!r}")
+        if item not in index:
+            raise BeerayError(f"{path} line {number}: item {item!r} is not in the catalog after preprocessing "
+                              f"({len(index)} items)")
+        if item in seen:
+            raise BeerayError(f"{path} line {number}: item {item!r} already listed on line {seen[item]}")
+        seen[item] = number
+        given[which].append(index[item])
+    if not given["val"] or not given["test"]:
+        raise BeerayError(f"{path}: lists {len(given['val'])} validation and {len(given['test'])} test items; "
+                          "a split needs both")
+    return given["val"], given["test"]
 
 
 def _existing_fingerprint(out: Path) -> str | None:
@@ -218,15 +266,23 @@ def _load(dataset: str, source: Path | None, items: Path | None, inputs: dict[st
 def prepare(dataset: str, out: str | Path, source: str | Path | None = None, items: str | Path | None = None,
             *, inputs: dict[str, str | Path] | None = None, options: PrepareOptions = PrepareOptions(),
             columns: GenericColumns | None = None, force: bool = False, synthetic_seed: int = 0,
-            synthetic_size: tuple[int, int, int] | None = None, quiet: bool = False) -> PrepareResult:
+            synthetic_size: tuple[int, int, int] | None = None, quiet: bool = False,
+            split_items: str | Path | None = None) -> PrepareResult:
     """Prepare `dataset` into folder `out` (see docs/data.md for the layout and the split protocol).
 
     `synthetic_size` = (users, items, interactions) generates the shop at that size instead of the
-    demo's 640 users × 400 items."""
+    demo's 640 users × 400 items. `split_items`: a split-items file (SPLIT_ITEMS of another prepared
+    folder, or docs/splits/): its validation and test cold items instead of a draw."""
     if dataset not in DATASETS and dataset != "goodlens":
         raise BeerayError(f"unknown dataset {dataset!r} (choose from {', '.join(DATASETS + ('goodlens',))})")
     if options.split not in ("item", "time"):
         raise BeerayError(f"unknown split {options.split!r} (choose item or time)")
+    if split_items is not None:
+        split_items = Path(split_items).expanduser()
+        if options.split != "item":
+            raise BeerayError("--split-items gives the cold items of an item split; it does not apply to --split time")
+        if not split_items.is_file():
+            raise BeerayError(f"{split_items}: --split-items file not found")
     out = Path(out).expanduser()
     in_paths: dict[str, Path | None] = (
         {f"input:{k}": Path(v) for k, v in (inputs or {}).items()} if dataset == "goodlens"
@@ -236,7 +292,7 @@ def prepare(dataset: str, out: str | Path, source: str | Path | None = None, ite
             raise BeerayError(f"{p}: --{key.split(':')[0]} path not found")
     uses_shop = dataset == "synthetic" or any(k.split("-")[0] == "synthetic" for k in (inputs or {}))
     fp = fingerprint(dataset, in_paths, options, columns, synthetic_seed if uses_shop else None,
-                     synthetic_size if uses_shop else None)
+                     synthetic_size if uses_shop else None, split_items)
     existing = _existing_fingerprint(out)
     if existing is not None and not force:
         if existing == fp:
@@ -249,7 +305,8 @@ def prepare(dataset: str, out: str | Path, source: str | Path | None = None, ite
     data = preprocess(raw, options.min_rating, options.min_user_interactions)
     if options.split == "item":
         groups = data.items["group"].to_numpy() if "group" in data.items.columns else None
-        split = item_split(data, options.val_items, options.test_items, options.seed, groups=groups)
+        given = None if split_items is None else read_split_items(split_items, data.items["item_id"])
+        split = item_split(data, options.val_items, options.test_items, options.seed, groups=groups, given=given)
     else:
         split = time_split(data, options.val_frac, options.test_frac)
     stats = build_stats(dataset, data, split, fp, options, in_paths)
@@ -290,5 +347,8 @@ def format_stats(stats: dict) -> str:
     if dropped:
         rows.append(("dropped", ", ".join(f"{k}={v:,}" for k, v in dropped.items())))
     rows.append(("fingerprint", stats.get("fingerprint")))
+    if sp.get("digest"):
+        listed = f" (cold items listed in {SPLIT_ITEMS})" if sp.get("kind") == "item" else ""
+        rows.append(("split digest", f"sha256:{sp['digest']}{listed}"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -16,6 +16,52 @@ from beeray.errors import BeerayError
 
 FILES = ("items.parquet", "users.parquet", "split.json", "train.parquet", "train_full.parquet",
          "val.parquet", "test.parquet", "stats.json")
+# The split's cold items as item ids, one `val|test<TAB>id` a line (beeray prepare writes it; `beeray
+# prepare --split-items FILE` reads it back to reproduce the split; docs/splits/ holds the shared data's)
+SPLIT_ITEMS = "split_items.tsv"
+_LISTS = (("train", ("items",)), ("train_full", ("items",)), ("val", ("source", "target")),
+          ("test", ("source", "target")))
+
+
+def split_digest(root: str | Path) -> str:
+    """SHA-256 naming a prepared folder's split: its kind, the sorted item and user ids, the sorted
+    validation and test cold item ids, and each list file's (user id, item id) pairs (train, train_full,
+    val and test sources and targets), as sorted pairs of the ids' ranks. Computed from the files, so
+    it is the same on every machine and for any row order of the same split."""
+    import hashlib
+
+    root = Path(root)
+    hint = "re-run beeray prepare --force"
+    digest = hashlib.sha256(b"beeray split v1")
+
+    def put(label: str, payload: bytes) -> None:
+        digest.update(label.encode() + b"\0" + len(payload).to_bytes(8, "little") + payload)
+
+    def ids_and_ranks(name: str, col: str) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.asarray([str(x) for x in files.read_parquet(root / name, [col], hint=hint).column(col).to_pylist()])
+        order = np.argsort(ids, kind="stable")
+        rank = np.empty(len(ids), dtype=np.int64)
+        rank[order] = np.arange(len(ids))
+        put(name, "\n".join(ids[order]).encode())
+        return ids, rank
+
+    split = _read_json(root / "split.json")
+    put("kind", str(split.get("kind")).encode())
+    item_ids, item_rank = ids_and_ranks("items.parquet", "item_id")
+    _, user_rank = ids_and_ranks("users.parquet", "user_id")
+    for which in ("val", "test"):
+        put(f"{which}_items", "\n".join(sorted(item_ids[np.asarray(split.get(f"{which}_items") or [], dtype=np.int64)]))
+            .encode())
+    for name, cols in _LISTS:
+        table = files.read_parquet(root / f"{name}.parquet", ["user", *cols], hint=hint)
+        users = table.column("user").to_numpy().astype(np.int64)
+        for col in cols:
+            lists = table.column(col).combine_chunks()
+            items = lists.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+            owner = np.repeat(users, np.diff(lists.offsets.to_numpy()))
+            pairs = np.unique(np.stack([user_rank[owner], item_rank[items]], axis=1), axis=0)
+            put(f"{name}.{col}", pairs.astype("<i8").tobytes())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -86,6 +132,12 @@ class PreparedData:
         items = files.read_parquet(root / "items.parquet", [c for c in names if c != "text"],
                                    hint="re-run beeray prepare --force").to_pandas(types_mapper=pd.ArrowDtype)
         return cls(root, items, _read_json(root / "stats.json"), _read_json(root / "split.json"))
+
+    @cached_property
+    def split_digest(self) -> str:
+        """The split's SHA-256 (`split_digest`): recorded in split.json by `beeray prepare`, computed from
+        the files for a folder prepared before it was."""
+        return str(self.split.get("digest") or split_digest(self.root))
 
     def train_path(self, full: bool = False) -> Path:
         return self.root / ("train_full.parquet" if full else "train.parquet")

@@ -144,7 +144,8 @@ def _draw(n: int, v: int, t: int, seed: int, groups: np.ndarray | None) -> tuple
 
 
 def item_split(data: Processed, val_items: int | None = None, test_items: int | None = None,
-               seed: int = 42, groups: np.ndarray | None = None) -> Split:
+               seed: int = 42, groups: np.ndarray | None = None,
+               given: tuple[list[int], list[int]] | None = None) -> Split:
     """Cold-start split: disjoint random val/test cold items, drawn without replacement.
 
     With a `dataset` column (goodlens), each dataset draws its own cold items exactly as the item
@@ -152,7 +153,8 @@ def item_split(data: Processed, val_items: int | None = None, test_items: int | 
     dataset): its items keep their relative order in the joint catalog, so the same draw picks the
     same items, and a goodlens model and a single-dataset model are tested on identical items (and
     neither trains on the other's test items). `groups` (one label per item, e.g. synthetic
-    bundles) keeps at least one warm item per group where possible.
+    bundles) keeps at least one warm item per group where possible. `given`: the (val, test) cold item
+    indices to use instead of a draw (`beeray prepare --split-items`: someone else's split).
     """
     n = data.n_items
     per_dataset = None
@@ -165,12 +167,18 @@ def item_split(data: Processed, val_items: int | None = None, test_items: int | 
             own = None if groups is None else groups[pool]
             if own is not None and pd.isna(own).all():  # a part without groups (only the shop has them)
                 own = None
-            lv, lt = _draw(len(pool), dv, dt, seed, own)
-            dval, dtest = pool[lv].tolist(), pool[lt].tolist()
+            if given is None:
+                lv, lt = _draw(len(pool), dv, dt, seed, own)
+                dval, dtest = pool[lv].tolist(), pool[lt].tolist()
+            else:
+                dval, dtest = (sorted(i for i in g if ds[i] == d) for g in given)
             val += dval
             test += dtest
             per_dataset[d] = {"items": len(pool), "val_items": dval, "test_items": dtest}
         val, test = sorted(val), sorted(test)
+        v, t = len(val), len(test)
+    elif given is not None:
+        val, test = sorted(given[0]), sorted(given[1])
         v, t = len(val), len(test)
     else:
         v, t = _cold_sizes(n, val_items, test_items, "")
@@ -192,8 +200,9 @@ def item_split(data: Processed, val_items: int | None = None, test_items: int | 
         # Same source for both splits: interactions on items cold in neither (as the reference does).
         val=_eval_lists(user, item, warm, is_val[item]),
         test=_eval_lists(user, item, warm, is_test[item]),
-        note=(f"item split: {v} validation and {t} test cold items of {n}, drawn without replacement "
-              f"(seed {seed}); sizes {sizes}"),
+        note=(f"item split: {v} validation and {t} test cold items of {n}, " + (
+            "as given (--split-items)" if given is not None else
+            f"drawn without replacement (seed {seed}); sizes {sizes}")),
         per_dataset=per_dataset,
     )
     if per_dataset is not None:

@@ -73,7 +73,7 @@ def test_train_cli_writes_artifacts_and_learns(ray_session, shop, tiny_model_dir
                                "score": pytest.approx(best["val_ndcg@100"], rel=1e-9), "stopped_early": False}
     assert epochs.loc[epochs["kept"].astype(bool), "epoch"].tolist() == [best["epoch"]]
     assert metrics["trained"]["val"]["ndcg@100"] == pytest.approx(best["val_ndcg@100"], abs=5e-3)  # saved as float16
-    assert f"the weights of epoch {best['epoch']} of the 2 run (best val ndcg@100" in card.text
+    assert f"the weights of epoch {int(best['epoch'])} of the 2 run (best val ndcg@100" in card.text
 
     # The run, read back through MLflow's own API from the default store beside the run folder.
     from mlflow import MlflowClient

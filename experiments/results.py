@@ -48,11 +48,12 @@ DATASETS = {
                   "baselines": ["text-popularity", "cbf+popularity", "heater"],
                   "train": {"epochs": 1, "batch_size": 32, "m": 256, "max_seq_length": 128, "encode_batch_size": 64},
                   "users": 320},
-    # 4 epochs of 32 users: 84 steps (>= 60) at ~12 s a step on the 2-core CPU (benchmarks/README.md,
-    # precision), where 64-user steps would give 44 steps in the same time.
+    # The rule: steps of 32 users (21 an epoch) under bf16 autocast, 1.9x as fast as fp32 on this CPU
+    # (~10 s a step: benchmarks/README.md, precision), up to 6 epochs (126 steps, >= 60) with patience 2.
     "ml": {"title": "MovieLens latest-small, item split", "kind": "movielens", "input": SHARED / "ml-latest-small",
            "split": "item", "baselines": ["text-popularity", "cbf+popularity", "heater"],
-           "train": {"epochs": 4, "batch_size": 32, "m": 256, "max_seq_length": 64, "encode_batch_size": 64},
+           "train": {"epochs": 6, "patience": 2, "batch_size": 32, "m": 256, "max_seq_length": 64,
+                     "encode_batch_size": 64, "amp": "bf16"},
            "users": None},
 }
 
@@ -162,7 +163,8 @@ def dataset(name: str, spec: dict) -> dict:
     timing["validation run"] = trained(train, validated, out / "validation-run")
     kept = json.loads((validated / "metrics.json").read_text())["kept"]
     model = out / "beeformer"
-    refit = train_command(train_data, model, {**spec["train"], "epochs": kept["epoch"]})
+    refit_settings = {k: v for k, v in spec["train"].items() if k != "patience"}  # no validation to stop on
+    refit = train_command(train_data, model, {**refit_settings, "epochs": kept["epoch"]})
     commands.append(refit)
     timing["train"] = trained(refit, model, out)
     table = out / "compare.json"
@@ -401,7 +403,7 @@ def beeformer_recipe(r: dict) -> list[str]:
     shown = ", ".join(f"epoch {int(c['epoch'])} (step {int(c['step'])}) {c['val_ndcg@100']:.4f}" for c in curve)
     return [f"beeFormer row: MiniLM trained with `beeray train` on {users} training users, {tc['batch_size']} users a "
             f"step, m {tc['m']}, max_seq_length {tc['max_seq_length']}, lr {tc['lr']:g}, optimizer "
-            f"{tc.get('optimizer', 'adamw')}, fp32 ({tc.get('amp', 'auto')} on the CPU). The number of epochs is chosen on "
+            f"{tc.get('optimizer', 'adamw')}, amp {tc.get('amp', 'auto')} (auto = fp32 on a CPU). The number of epochs is chosen on "
             f"validation, as every baseline's: a validation run of {kept['epochs_run']} epochs on the train part "
             f"({curve[-1]['step']} steps, {r['timing']['validation run'] / 60:.1f} minutes) scored validation NDCG@100 "
             f"after each ({shown}; epoch 0 is the base model) and kept epoch {kept['epoch']}"

@@ -136,12 +136,20 @@ def train_command(data: Path, out: Path, settings: dict, full: bool = True) -> l
 
 
 def trained(cmd: list[str], model: Path, log_dir: Path) -> float:
-    """Run a training command unless its model exists; its wall time, measured once and kept."""
+    """Run a training command unless its model exists; its wall time, summed over the sessions it took.
+    The command continues an interrupted run (`--resume auto`): a long CPU run killed with its machine's
+    session goes on from its last checkpoint when `make results` runs again."""
     seconds = log_dir / "train_seconds.json"
     if not (model / "metrics.json").exists():
-        shutil.rmtree(model, ignore_errors=True)
+        before = 0.0
+        if seconds.exists() and (model / "ray").exists():
+            # an interrupted segment counts until its log's last line
+            done = json.loads(seconds.read_text())
+            before = done["seconds"] + (Path(done["log"]).stat().st_mtime - done["since"] if "since" in done else 0.0)
         seconds.parent.mkdir(parents=True, exist_ok=True)
-        seconds.write_text(json.dumps({"seconds": run(cmd, log_dir / "train.log")}))
+        log = log_dir / (f"train-{int(time.time())}.log" if (model / "ray").exists() else "train.log")
+        seconds.write_text(json.dumps({"seconds": before, "since": time.time(), "log": str(log)}))
+        seconds.write_text(json.dumps({"seconds": before + run([*cmd, "--resume", "auto"], log)}))
     return json.loads(seconds.read_text())["seconds"]
 
 

@@ -144,8 +144,10 @@ def plot_history(frame: pd.DataFrame, path: Path) -> None:
         handles, labels = handles + more[0], labels + more[1]
     ax.set_title("beeray training")
     # One legend for both axes, under the plot, where it cannot cover a curve.
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False, fontsize="small")
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    ncol = min(len(labels), 4)  # more in one row would run off the figure's edges
+    rows = -(-len(labels) // ncol)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False, fontsize="small")
+    fig.tight_layout(rect=(0, 0.07 * rows, 1, 1))
     save_figure(fig, path)
 
 

@@ -130,9 +130,9 @@ def plot_history(frame: pd.DataFrame, path: Path) -> None:
     ax.set_xlabel("epoch (0 = the base model)")
     ax.set_ylabel("training loss (NMSE)", color="tab:red")
     ax.set_xticks(epochs["epoch"])
-    if "kept" in epochs and epochs["kept"].fillna(False).astype(bool).any():
-        kept = epochs.loc[epochs["kept"].fillna(False).astype(bool), "epoch"].iloc[0]
-        ax.axvline(kept, color="0.4", ls=":", lw=1, label=f"kept: epoch {kept:g}")
+    kept = epochs.loc[epochs["kept"].fillna(False).astype(bool), "epoch"] if "kept" in epochs else epochs["epoch"][:0]
+    if not kept.empty:
+        ax.axvline(kept.iloc[0], color="0.4", ls=":", lw=1, label=f"kept: epoch {kept.iloc[0]:g}")
     handles, labels = ax.get_legend_handles_labels()
     cols = [c for c in VAL_METRICS if c in epochs and epochs[c].notna().any()]
     if cols:
@@ -263,9 +263,9 @@ def model_card(model_dir: Path, cfg: dict, stats: dict, metrics: dict, model=Non
         f"- {cold}",
     ]
     if kept:
-        lines.append(f"- the weights of epoch {kept['epoch']} of the {kept['epochs_run']} run ({kept['rule']}"
-                     + (f" {kept['score']:.4f}" if kept.get("score") is not None else "")
-                     + ("; stopped early by `patience`" if kept.get("stopped_early") else "") + ")")
+        from beeray.checkpoint import kept_text
+
+        lines.append(f"- the weights of {kept_text(kept)}")
     if fingerprint:
         lines.append(f"- model fingerprint: `{fingerprint}` (SHA-256 over this folder's weights, configs and "
                      "tokenizer; `beeray embed` records it, and `beeray recommend --model` checks it)")

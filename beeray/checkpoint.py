@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from beeray.errors import TRANSIENT, storage_problem
+from beeray.metrics import SELECTION_METRIC
 
 MODEL_DIR = "model"  # a plain SentenceTransformer folder: the checkpoint is usable as a model
 STATE = "state.json"  # written last: a checkpoint folder without it is torn, never one to resume from
@@ -49,10 +50,18 @@ class TrainState:
         """Which epoch's weights the run saves, and why (metrics.json, history.csv, the model card)."""
         stopped = self.epoch < cfg.epochs
         if cfg.keep == "best" and self.best_epoch:
-            return {"epoch": self.best_epoch, "rule": "best val ndcg@100", "score": self.best_score,
+            return {"epoch": self.best_epoch, "rule": f"best {SELECTION_METRIC.replace('_', ' ', 1)}",
+                    "score": self.best_score,
                     "epochs_run": self.epoch, "stopped_early": stopped}
         why = "last" if cfg.keep == "last" else "last (no validation to select by)"
         return {"epoch": self.epoch, "rule": why, "epochs_run": self.epoch, "stopped_early": stopped}
+
+
+def kept_text(kept: dict) -> str:
+    """TrainState.kept in words, for the driver's log line and the model card."""
+    score = f" {kept['score']:.4f}" if kept.get("score") is not None else ""
+    stopped = "; stopped early by patience" if kept.get("stopped_early") else ""
+    return f"epoch {kept['epoch']} of the {kept['epochs_run']} run ({kept['rule']}{score}{stopped})"
 
 
 BEST_WEIGHTS = "best_model.pt"  # the best epoch's state_dict, when the checkpoint's model/ is a later one

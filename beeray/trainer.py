@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from beeray import artifacts, files, training_record
-from beeray.checkpoint import BEST_WEIGHTS, MODEL_DIR, TrainState, read_state, resolve_resume
+from beeray.checkpoint import BEST_WEIGHTS, MODEL_DIR, TrainState, kept_text, read_state, resolve_resume
 from beeray.config import TrainConfig, to_dict
 from beeray.data.prepared import PreparedData
 from beeray.errors import BeerayError
@@ -192,9 +192,7 @@ def _train(cfg: TrainConfig, data: PreparedData, *, resume: bool | str, baseline
     with result.checkpoint.as_directory() as ckpt:
         state = read_state(ckpt)
         kept = write_kept_model(Path(ckpt), state, cfg, model_dir)
-    print(f"beeray: kept epoch {kept['epoch']} of {kept['epochs_run']} ({kept['rule']}"
-          + (f" {kept['score']:.4f}" if kept.get("score") is not None else "")
-          + ("; stopped early" if kept["stopped_early"] else "") + ")", flush=True)
+    print(f"beeray: kept the weights of {kept_text(kept)}", flush=True)
     if cfg.save_dtype != "float32":
         save_model(load_model(str(model_dir), device="cpu", trust_remote_code=cfg.trust_remote_code),
                    model_dir, cfg.save_dtype)

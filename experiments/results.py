@@ -43,11 +43,17 @@ DATASETS = {
                "baselines": ["popularity", "itemknn", "ease", "als", "elsa", "sansa"],
                "train": {"epochs": 1, "batch_size": 64, "m": 512, "max_seq_length": 64, "encode_batch_size": 64},
                "users": 1280},
+    # The rule: all training users in steps of 16 (167 steps an epoch, >= 150) under bf16 autocast,
+    # ~38 s a step on this CPU (2.2x fp32: benchmarks/README.md, precision --on goodbooks). At 16 users
+    # the positives (~76 a user) fill I_b past m, so an epoch costs the same at any batch size: one epoch
+    # (~1.8 h) is the CPU budget, and with one epoch there is nothing for a refit to choose, so the row
+    # is the validation run's kept model (train part; validation cold items never trained on either).
     "goodbooks": {"title": "Goodbooks-10k (5% of users, the paper's LLM descriptions), item split",
                   "kind": "goodbooks", "input": SHARED / "goodbooks", "split": "item",
                   "baselines": ["text-popularity", "cbf+popularity", "heater"],
-                  "train": {"epochs": 1, "batch_size": 32, "m": 256, "max_seq_length": 128, "encode_batch_size": 64},
-                  "users": 320},
+                  "train": {"epochs": 1, "batch_size": 16, "m": 512, "max_seq_length": 128,
+                            "encode_batch_size": 64, "amp": "bf16"},
+                  "users": None, "refit": False},
     # The rule: steps of 32 users (21 an epoch) under bf16 autocast, 1.9x as fast as fp32 on this CPU
     # (~10 s a step: benchmarks/README.md, precision), up to 6 epochs (126 steps, >= 60) with patience 2.
     "ml": {"title": "MovieLens latest-small, item split", "kind": "movielens", "input": SHARED / "ml-latest-small",
@@ -171,10 +177,13 @@ def dataset(name: str, spec: dict) -> dict:
     timing["validation run"] = trained(train, validated, out / "validation-run")
     kept = json.loads((validated / "metrics.json").read_text())["kept"]
     model = out / "beeformer"
-    refit_settings = {k: v for k, v in spec["train"].items() if k != "patience"}  # no validation to stop on
-    refit = train_command(train_data, model, {**refit_settings, "epochs": kept["epoch"]})
-    commands.append(refit)
-    timing["train"] = trained(refit, model, out)
+    if spec.get("refit", True):
+        refit_settings = {k: v for k, v in spec["train"].items() if k != "patience"}  # no validation to stop on
+        refit = train_command(train_data, model, {**refit_settings, "epochs": kept["epoch"]})
+        commands.append(refit)
+        timing["train"] = trained(refit, model, out)
+    else:
+        model = validated
     table = out / "compare.json"
     # Zero-shot MiniLM at its own 256 tokens and at the trained model's length (encoders compared at
     # equal length too), zero-shot MPNet (the paper's model); every other row is paired against the
@@ -195,7 +204,8 @@ def dataset(name: str, spec: dict) -> dict:
     return {"name": name, "spec": spec, "commands": commands, "timing": timing, "stats": stats,
             "compare": json.loads(table.read_text()), "train_config": train_stats["config"], "kept": kept,
             "validation_curve": history[history["kind"] == "epoch"][["epoch", "step", "val_ndcg@100"]].to_dict("records"),
-            "refit_steps": int(pd.read_csv(model / "history.csv").query("kind == 'step'")["step"].max())}
+            "refit_steps": (int(pd.read_csv(model / "history.csv").query("kind == 'step'")["step"].max())
+                            if spec.get("refit", True) else None)}
 
 
 def minilm_at(tokens: int) -> Path:

@@ -164,7 +164,7 @@ BEEFORMER_BIBTEX = """@inproceedings{vancura2024beeformer,
 def hub_model_id(name: str) -> str | None:
     """The Hub id of a base model as beeray names it (`all-MiniLM-L6-v2` -> `sentence-transformers/all-MiniLM-L6-v2`,
     the way sentence-transformers resolves a bare name); None for a local folder or a URL, whose Hub id is unknown."""
-    if not name or files.is_url(name) or Path(name).expanduser().exists():
+    if not name or files.names_place(name):
         return None
     if "/" in name:
         return name if name.count("/") == 1 else None

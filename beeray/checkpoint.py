@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import json
 import os
 import shutil
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import torch
 
-from beeray.errors import TRANSIENT, storage_problem
+from beeray.errors import TRANSIENT, BeerayError, storage_problem
 from beeray.metrics import SELECTION_METRIC
+
+log = logging.getLogger(__name__)
 
 MODEL_DIR = "model"  # a plain SentenceTransformer folder: the checkpoint is usable as a model
 STATE = "state.json"  # written last: a checkpoint folder without it is torn, never one to resume from
@@ -216,15 +219,50 @@ def resolve_resume(out: str | Path, state: str, resume: bool | str, what: str = 
 
     "auto" (a job that may be submitted again, e.g. a retried KubeRay RayJob): True when `out` holds a
     started `what` (its Ray state folder `state` exists), False when it holds none; the caller then
-    goes through --resume's own path (beeray.files.prepare_run_dir), which refuses a run started
+    goes through --resume's own path (prepare_run_dir, below), which refuses a run started
     with another config, or starts a new one.
     """
     if resume != "auto":
         return bool(resume)
     from beeray import files
 
-    folder = str(out) if files.is_url(out) else Path(out).expanduser().resolve()
-    started = files.remote_exists(folder, state) if files.is_url(out) else (folder / state).exists()
+    folder = files.Folder(out, "--out")
+    started = folder.exists(state)
     news = f"{folder} holds a {what}: resuming it" if started else f"no {what} in {folder} yet: starting one"
-    print(f"beeray: --resume auto: {news}", flush=True)
+    log.info(f"beeray: --resume auto: {news}")
     return started
+
+
+# ---------------------------------------------------------------- a run's folder and --resume
+
+def prepare_run_dir(out: str | Path, *, state: str, config_file: str, config: dict, resume: bool,
+                    conflicts, what: str) -> Path:
+    """Create (or reopen, with --resume) the output of a run or search, and record its config; returns
+    the local folder the command writes to (Folder.local: for a URL, a fresh staging folder that
+    `publish` uploads at the end).
+
+    `state`: the sub-folder where Ray keeps the run's state (its existence means a run was
+    started here); `conflicts(saved_config) -> list[str]`: the differences that forbid continuing.
+    """
+    from beeray import files
+
+    place = files.Folder(out, "--out")
+    started = place.exists(state)
+    saved = place.read_text(config_file, default=None)
+    if resume:
+        if not started or saved is None:
+            raise BeerayError(f"--resume: no previous {what} in {place}")
+        changed = conflicts(json.loads(saved))
+        if changed:
+            raise BeerayError(f"--resume: the {what} in {place} was started with a different config "
+                              f"({', '.join(changed)})")
+    elif started:
+        raise BeerayError(f"{place} already holds a {what}: pass --resume to continue it, or choose another --out")
+    local = place.local()
+    text = json.dumps(config, indent=2, default=float) + "\n"
+    if place.url:
+        shutil.rmtree(local, ignore_errors=True)  # files of an earlier attempt: this one rewrites them all
+        place.write_text(config_file, text)
+    local.mkdir(parents=True, exist_ok=True)
+    files.write_text(local / config_file, text)
+    return local

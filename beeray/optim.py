@@ -35,14 +35,13 @@ class LRSchedule:
     """The factor on `lr` for the step taken after `step` steps (LambdaLR's lr_lambda).
 
     A callable object rather than a function: LambdaLR.state_dict() then stores its fields (plain
-    numbers and a string, JSON-safe) with the scheduler's own counters. `total` (the run's optimizer
-    steps) is set by the training loop once it knows its steps per epoch; 0 = not known yet, which
-    only matters after the warm-up, where the first decayed step has factor 1 whatever the total.
+    numbers and a string, JSON-safe) with the scheduler's own counters. `total`: the run's optimizer
+    steps, the decay's horizon, given when it is built (Recipe.start_schedule counts them).
     """
 
     kind: str  # constant | linear | cosine
     warmup: int
-    total: int = 0
+    total: int
 
     def __call__(self, step: int) -> float:
         if step < self.warmup:
@@ -51,16 +50,17 @@ class LRSchedule:
             return 1.0
         span = self.total - self.warmup
         if span <= 0:
-            return 1.0  # total unknown yet (its first step has factor 1), or no step left to decay over
+            return 1.0  # no step left to decay over
         done = min(step - self.warmup, span) / span  # 0 on the first decayed step, 1 after the last
         if self.kind == "linear":
             return 1.0 - done
         return 0.5 * (1.0 + math.cos(math.pi * done))
 
 
-def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer,
+                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Constant without warm-up multiplies lr by exactly 1.0 every step: the paper's training, bit
     for bit. Stepped after every train_step, also when fp16's GradScaler skipped the update (an
     overflow): torch's AMP notes accept that (the schedule counts steps taken, skipped or not), and
     it keeps the schedule a function of the step number, the same on every worker and on resume."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, LRSchedule(cfg.schedule, cfg.warmup_steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, LRSchedule(cfg.schedule, cfg.warmup_steps, total_steps))

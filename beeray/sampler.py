@@ -4,8 +4,34 @@ dataset per step, docs/method.md §3.4) and I_b, the batch's positives plus unif
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from beeray.errors import BeerayError
+
+if TYPE_CHECKING:  # annotations only: the sampler needs nothing of them but attributes
+    from beeray.config import TrainConfig
+    from beeray.data.prepared import PreparedData
+
+PAD_USER = -1  # rows added so the dataset splits evenly across workers; they hold no user
+
+
+def composed_parts(cfg: TrainConfig, data: PreparedData) -> list[str]:
+    """The datasets a `per_dataset` run composes its steps from; [] = joint steps.
+
+    Checks `dataset_weights` against the folder (one-line BeerayError). On a single-dataset folder
+    per_dataset is joint: every step is from that one dataset already.
+    """
+    if cfg.dataset_weights:
+        if not data.parts:
+            raise BeerayError(f"dataset_weights: {data.root} holds a single dataset, nothing to weigh "
+                              f"(weights need a multi-dataset folder: beeray prepare goodlens)")
+        unknown = sorted(str(k) for k in cfg.dataset_weights if str(k) not in data.parts)
+        if unknown:
+            raise BeerayError(f"dataset_weights: unknown dataset(s) {', '.join(map(repr, unknown))}; "
+                              f"{data.root} has {', '.join(data.parts)}")
+    return list(data.parts) if cfg.batch_composition == "per_dataset" else []
 
 
 def step_rng(*key: int) -> np.random.Generator:

@@ -50,9 +50,10 @@ def tracking_uri(cfg: TrainConfig) -> str:
         return cfg.tracking_uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    if files.is_url(cfg.out):  # in the run's staging folder, uploaded with the run (OUT/mlflow/)
-        return f"sqlite:///{files.output_dir(cfg.out) / 'mlflow' / STORE}"
-    return f"sqlite:///{Path(cfg.out).expanduser().resolve().parent / STORE}"
+    place = files.Folder(cfg.out)
+    if place.url:  # in the run's staging folder, uploaded with the run (OUT/mlflow/)
+        return f"sqlite:///{place.local() / 'mlflow' / STORE}"
+    return f"sqlite:///{place.root.parent / STORE}"
 
 
 def metric_key(name: str) -> str:

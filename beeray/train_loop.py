@@ -30,16 +30,13 @@ from beeray.config import TrainConfig, to_dict
 from beeray.data.prepared import PreparedData
 from beeray.distributed import Comm
 from beeray.encoder import TokenizedCatalog
-from beeray.errors import BeerayError
-from beeray.evaluate import evaluate
+from beeray.evaluator import evaluate
 from beeray.metrics import METRICS, SELECTION_METRIC, VAL_METRICS
 from beeray.models import load_model, set_attention_dropout, set_max_seq_length
 from beeray.optim import build_optimizer, build_scheduler
 from beeray.precision import describe, grad_scaler, resolve
-from beeray.sampler import dataset_batches, joint_steps, step_rng, worker_steps
+from beeray.sampler import PAD_USER, composed_parts, dataset_batches, joint_steps, step_rng, worker_steps
 from beeray.step import train_step
-
-PAD_USER = -1  # rows added so the dataset splits evenly across workers; they hold no user
 
 # report(metrics, checkpoint): hands a report to Ray Train; `checkpoint` asks rank 0 to attach one.
 Report = Callable[[dict, bool], None]
@@ -56,23 +53,6 @@ def read_shard(shard) -> tuple[np.ndarray, list[np.ndarray]]:
         users.append(batch["user"].astype(np.int64))
         items.extend(np.asarray(x, dtype=np.int64) for x in batch["items"])
     return (np.concatenate(users) if users else np.zeros(0, np.int64)), items
-
-
-def composed_parts(cfg: TrainConfig, data: PreparedData) -> list[str]:
-    """The datasets a `per_dataset` run composes its steps from; [] = joint steps.
-
-    Checks `dataset_weights` against the folder (one-line BeerayError). On a single-dataset folder
-    per_dataset is joint: every step is from that one dataset already.
-    """
-    if cfg.dataset_weights:
-        if not data.parts:
-            raise BeerayError(f"dataset_weights: {data.root} holds a single dataset, nothing to weigh "
-                              f"(weights need a multi-dataset folder: beeray prepare goodlens)")
-        unknown = sorted(str(k) for k in cfg.dataset_weights if str(k) not in data.parts)
-        if unknown:
-            raise BeerayError(f"dataset_weights: unknown dataset(s) {', '.join(map(repr, unknown))}; "
-                              f"{data.root} has {', '.join(data.parts)}")
-    return list(data.parts) if cfg.batch_composition == "per_dataset" else []
 
 
 def user_parts(data: PreparedData, user_items: list[np.ndarray]) -> np.ndarray:
@@ -100,11 +80,14 @@ class Recipe:
     precision: str  # fp32 | bf16 | fp16, resolved from cfg.amp for this worker's device
     scaler: torch.amp.GradScaler  # fp16 loss scaling; disabled (a pass-through) otherwise
     restored: bool  # resumed from a checkpoint (the fault drill only fires in a fresh run)
-    scheduler: torch.optim.lr_scheduler.LambdaLR  # lr per optimizer step (cfg.schedule), stepped after each
+    # lr per optimizer step (cfg.schedule), stepped after each; built by start_schedule once the run's
+    # steps are known (its horizon), before anything is checkpointed
+    scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
     # per_dataset composition: catalog rows of each dataset (negatives of its steps); None = joint
     pools: list[np.ndarray] | None = None
     # rank 0: a CPU copy of the best validated epoch's weights (state.best_epoch), saved in checkpoints
     best: dict | None = None
+    crash_at_step: int = 0  # the fault drill (CRASH_AT_STEP); 0 = never
 
     @classmethod
     def setup(cls, cfg: TrainConfig, rank: int, world: int, device: torch.device,
@@ -126,7 +109,6 @@ class Recipe:
         parts = composed_parts(cfg, data)
         pools = [np.flatnonzero(data.item_parts[catalog.items] == p) for p in range(len(parts))] if parts else None
         optimizer = build_optimizer(cfg, model.parameters())
-        scheduler = build_scheduler(cfg, optimizer)
         precision = resolve(cfg.amp, device)
         scaler = grad_scaler(device, precision)
         state, best = TrainState(config=to_dict(cfg)), None
@@ -136,13 +118,11 @@ class Recipe:
             best = load_best(checkpoint_dir, state, model) if rank == 0 else None
             if state.scaler:
                 scaler.load_state_dict(state.scaler)  # fp16: continue with the loss scale reached
-            if state.lr_schedule:
-                scheduler.load_state_dict(state.lr_schedule)  # continue the schedule at the step reached
         if rank == 0:
             log(describe(cfg.amp, precision, device))
         return cls(cfg=cfg, data=data, rank=rank, world=world, device=device, model=model, optimizer=optimizer,
                    catalog=catalog, state=state, comm=Comm(device), precision=precision, scaler=scaler,
-                   restored=checkpoint_dir is not None, scheduler=scheduler, pools=pools, best=best)
+                   restored=checkpoint_dir is not None, pools=pools, best=best)
 
     @property
     def local_batch(self) -> int:
@@ -189,6 +169,17 @@ class Recipe:
         batches = dataset_batches(parts, len(self.pools), cfg.batch_size, cfg.seed, epoch, weights)
         return [(part, by_user[rows]) for part, rows in worker_steps(batches, self.rank, self.world, cfg.parallel)]
 
+    def start_schedule(self, users: np.ndarray, user_items: list[np.ndarray]) -> None:
+        """The learning-rate schedule, built with its horizon (the run's optimizer steps) and, in a
+        restored run, continued at the step reached."""
+        restored_lrs = [group["lr"] for group in self.optimizer.param_groups]  # a checkpoint's, if restored
+        self.scheduler = build_scheduler(self.cfg, self.optimizer, self.total_steps(users, user_items))
+        if self.state.lr_schedule:
+            self.scheduler.load_state_dict(self.state.lr_schedule)
+            # building set the step-0 rate; the step reached has the checkpoint's (what the next step uses)
+            for group, lr in zip(self.optimizer.param_groups, restored_lrs):
+                group["lr"] = lr
+
     def total_steps(self, users: np.ndarray, user_items: list[np.ndarray]) -> int:
         """The run's optimizer steps over cfg.epochs, counted as train_epoch counts them (epoch_steps,
         either composition): the horizon of a decaying learning-rate schedule."""
@@ -200,8 +191,6 @@ class Recipe:
         rows = [self.catalog.rows(items) for items in user_items]  # prepared-data items -> catalog rows
         steps = self.epoch_steps(epoch, users, user_items)
         n_steps = len(steps)
-        if cfg.schedule != "constant":
-            self.scheduler.lr_lambdas[0].total = self.total_steps(users, user_items)
         first = state.step_in_epoch if epoch == state.epoch else 0
         if first == 0:
             state.epoch_losses = []
@@ -222,8 +211,8 @@ class Recipe:
             state.epoch_losses.append(res.loss)
             n_items += res.items
             state.global_step += 1
-            if self.rank == 0 and not self.restored and state.global_step == cfg.crash_at_step:
-                raise RuntimeError(f"crash_at_step: injected worker crash at step {state.global_step}")
+            if self.rank == 0 and not self.restored and state.global_step == self.crash_at_step:
+                raise RuntimeError(f"{CRASH_AT_STEP}: injected worker crash at step {state.global_step}")
             state.step_in_epoch = step + 1
             state.steps.append({"step": state.global_step, "epoch": epoch + (step + 1) / n_steps, "loss": res.loss,
                                 "items": res.items, "lr": lr})
@@ -243,18 +232,21 @@ class Recipe:
         from beeray.checkpoint import save_checkpoint
 
         self.state.scaler = self.scaler.state_dict()
-        self.state.lr_schedule = self.scheduler.state_dict()
+        if self.scheduler is not None:
+            self.state.lr_schedule = self.scheduler.state_dict()
         save_checkpoint(folder, self.model, self.optimizer, self.state, best=self.best)
 
     def run(self, read_epoch: Callable[[], tuple[np.ndarray, list[np.ndarray]]], report: Report) -> None:
         """The epochs still to run (all of them, or the rest of a restored run), until cfg.epochs or an
         early stop; `read_epoch()`: this worker's (users, their items) for the next epoch."""
+        first = read_epoch() if self.state.epoch < self.cfg.epochs else (np.zeros(0, np.int64), [])
+        self.start_schedule(*first)
         if self.cfg.eval_every_epoch and not self.state.history:
             self.validate_base(report)
         for epoch in range(self.state.epoch, self.cfg.epochs):
             if self.stop_early():
                 return
-            users, user_items = read_epoch()
+            users, user_items = first if epoch == self.state.epoch else read_epoch()
             row = self.train_epoch(epoch, users, user_items, report)
             self.end_epoch(row, report)
 
@@ -295,6 +287,10 @@ class Recipe:
 
 
 STORAGE_KEY = "_checkpoint_storage"  # (experiment path, filesystem) beside the TrainConfig, from trainer.fit
+# The fault drill of the tests and benchmarks (not a setting): with BEERAY_CRASH_AT_STEP=N in the
+# driver's environment, rank 0 raises at global step N unless the run was restored from a checkpoint,
+# which shows that max_failures and --resume recover. The driver hands it over beside the config.
+CRASH_AT_STEP = "BEERAY_CRASH_AT_STEP"
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -307,6 +303,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     config = dict(config)
     storage = config.pop(STORAGE_KEY, None)
+    crash_at_step = int(config.pop(CRASH_AT_STEP, 0))
     cfg: TrainConfig = from_dict(TrainConfig, config, "train config")
     ctx = ray.train.get_context()
     checkpoint = ray.train.get_checkpoint()
@@ -316,6 +313,7 @@ def train_loop_per_worker(config: dict) -> None:
                                   ckpt_dir)
     else:
         recipe = Recipe.setup(cfg, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
+    recipe.crash_at_step = crash_at_step
     report = ray_report(recipe, storage)
     shard = ray.train.get_dataset_shard("train")
     recipe.run(lambda: read_shard(shard), report)

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 
 from beeray import artifacts, files, training_record
-from beeray.checkpoint import BEST_WEIGHTS, MODEL_DIR, TrainState, kept_text, read_state, resolve_resume
+from beeray.checkpoint import (BEST_WEIGHTS, MODEL_DIR, TrainState, kept_text, prepare_run_dir, read_state,
+                               resolve_resume)
 from beeray.config import TrainConfig, to_dict
 from beeray.data.prepared import PreparedData
 from beeray.errors import BeerayError
 from beeray.models import load_model, save_model, set_max_seq_length
-from beeray.train_loop import PAD_USER, STORAGE_KEY, composed_parts, train_loop_per_worker
+from beeray.cluster import init_ray
+from beeray.sampler import PAD_USER, composed_parts
+from beeray.train_loop import CRASH_AT_STEP, STORAGE_KEY, train_loop_per_worker
+
+log = logging.getLogger(__name__)
 
 RUN_NAME = "train"  # stable, so that re-running with --resume finds the run (Train V2 restores by name)
 
@@ -29,35 +35,6 @@ class TrainOutput:
     metrics: dict
     mlflow_run: str | None = None
     published: str | None = None  # the object-storage URL the run was uploaded to (files.publish)
-
-
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Join the cluster at `address` (or RAY_ADDRESS), else start a local Ray, dashboard on localhost."""
-    import ray
-
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address and address != "auto":
-        _check_reachable(address)
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address)
-    else:
-        # The dashboard (which Ray Train's state queries and `ray job submit` need) listens on
-        # the loopback interface only.
-        ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1")
-
-
-def _check_reachable(address: str, timeout: float = 5.0) -> None:
-    """Fail fast instead of letting ray.init retry for minutes against a dead address."""
-    target = address.removeprefix("ray://").removeprefix("http://").removeprefix("https://")
-    host, _, port = target.rpartition(":")
-    if not host or not port.isdigit():
-        raise BeerayError(f"Ray address {address!r} is not host:port (or 'auto')")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as exc:
-        raise BeerayError(f"Ray cluster at {address} does not answer ({exc.strerror or exc})") from None
 
 
 def _check_resources(cfg: TrainConfig, local: bool) -> None:
@@ -78,7 +55,7 @@ def _check_resources(cfg: TrainConfig, local: bool) -> None:
            f"but the Ray cluster has {have.get('CPU', 0):g} CPU, {have.get('GPU', 0):g} GPU")
     if local:
         raise BeerayError(msg)
-    print(f"beeray: {msg} now; waiting for the autoscaler to add nodes", flush=True)
+    log.info(f"beeray: {msg} now; waiting for the autoscaler to add nodes")
 
 
 def train_dataset(data: PreparedData, full: bool, world: int, split: bool = True):
@@ -132,7 +109,8 @@ def fit(cfg: TrainConfig, data: PreparedData, *, run_config_callbacks: list | No
         resources["GPU"] = cfg.gpus_per_worker
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={**to_dict(cfg), STORAGE_KEY: (f"{storage_path}/{name}", storage_filesystem)},
+        train_loop_config={**to_dict(cfg), STORAGE_KEY: (f"{storage_path}/{name}", storage_filesystem),
+                           CRASH_AT_STEP: int(os.environ.get(CRASH_AT_STEP) or 0)},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources),
         datasets={"train": train_dataset(data, cfg.full_train, cfg.num_workers, split)},
@@ -157,10 +135,9 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, baseline: bool = True
     cfg.out is held by this run alone while it runs (beeray.files.run_lock)."""
     data = PreparedData.load(cfg.data)  # fail on a bad folder before Ray starts
     composed_parts(cfg, data)  # and on dataset_weights that do not name its datasets
-    if not files.is_url(cfg.data):  # a URL stays one: each node fetches it (PreparedData.load)
-        cfg.data = str(data.root.resolve())
-    if files.is_url(cfg.out):  # a wrong key, bucket or endpoint: one line now, not a traceback at the first checkpoint
-        files.preflight(str(cfg.out))
+    # a URL stays one: each node fetches it (PreparedData.load); the caller's config stays as given
+    cfg = dataclasses.replace(cfg, data=files.absolute(cfg.data))
+    files.Folder(cfg.out).preflight()  # a wrong key, bucket or endpoint: one line now, not at the first checkpoint
     with files.run_lock(cfg.out, "run"):  # one run per OUT: two would share Ray's state and MLflow's store
         return _train(cfg, data, resume=resume, baseline=baseline, tags=tags)
 
@@ -172,7 +149,7 @@ def _train(cfg: TrainConfig, data: PreparedData, *, resume: bool | str, baseline
 
     from beeray.models import model_fingerprint
 
-    out = files.prepare_run_dir(cfg.out, state=f"ray/{RUN_NAME}", config_file="config.json",
+    out = prepare_run_dir(cfg.out, state=f"ray/{RUN_NAME}", config_file="config.json",
                                 config=to_dict(cfg), resume=resolve_resume(cfg.out, f"ray/{RUN_NAME}", resume),
                                 conflicts=cfg.resume_conflicts, what="run")
     if resume:
@@ -192,7 +169,7 @@ def _train(cfg: TrainConfig, data: PreparedData, *, resume: bool | str, baseline
     with result.checkpoint.as_directory() as ckpt:
         state = read_state(ckpt)
         kept = write_kept_model(Path(ckpt), state, cfg, model_dir)
-    print(f"beeray: kept the weights of {kept_text(kept)}", flush=True)
+    log.info(f"beeray: kept the weights of {kept_text(kept)}")
     if cfg.save_dtype != "float32":
         save_model(load_model(str(model_dir), device="cpu", trust_remote_code=cfg.trust_remote_code),
                    model_dir, cfg.save_dtype)
@@ -204,7 +181,7 @@ def _train(cfg: TrainConfig, data: PreparedData, *, resume: bool | str, baseline
     gpus = cfg.gpus_per_worker if cfg.use_gpu else 0
     task = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=gpus)(final_metrics)
     # The task may run on another node: an object-storage run hands it the model uploaded first.
-    model_marker = files.publish(model_dir, f"{cfg.out}/model") if files.is_url(cfg.out) else None
+    model_marker = files.Folder(f"{cfg.out}/model").publish(model_dir)
     metrics = ray.get(task.remote(cfg, f"{cfg.out}/model" if model_marker else str(model_dir), baseline=baseline))
     files.write_json(out / "metrics.json", {"config": to_dict(cfg), "data": data.stats,
                                             "split_digest": data.split_digest, "model_fingerprint": fingerprint,
@@ -216,13 +193,12 @@ def _train(cfg: TrainConfig, data: PreparedData, *, resume: bool | str, baseline
     run_id = None
     if tracking.enabled(cfg):
         run_id = tracking.log_training(cfg, out, state.history, state.steps, metrics, data.stats, tags)
-        print(f"beeray: MLflow run {run_id} in {tracking.tracking_uri(cfg)} (experiment {cfg.experiment!r})",
-              flush=True)
+        log.info(f"beeray: MLflow run {run_id} in {tracking.tracking_uri(cfg)} (experiment {cfg.experiment!r})")
     published = None
     if model_marker is not None:  # everything up, the run's marker last (a reader takes nothing half-written)
         files.publish(out, cfg.out, uploaded={f"model/{k}": v for k, v in model_marker["files"].items()})
         published = str(cfg.out)
-        print(f"beeray: uploaded to {published}", flush=True)
+        log.info(f"beeray: uploaded to {published}")
     return TrainOutput(out=out, model_dir=model_dir, history=state.history, steps=state.steps, metrics=metrics,
                        mlflow_run=run_id, published=published)
 
@@ -262,7 +238,7 @@ def final_metrics(cfg: TrainConfig, model_dir: str, baseline: bool) -> dict:
     """Validation and test metrics of the trained model (a folder, or a published URL), and of the base
     model for comparison. Test items are touched here only, never during training or model selection.
     """
-    from beeray.evaluate import evaluate
+    from beeray.evaluator import evaluate
 
     data = PreparedData.load(cfg.data)  # on this task's node (a URL is fetched there)
     splits = ["val", "test"] if cfg.evaluate_test else ["val"]

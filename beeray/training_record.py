@@ -25,7 +25,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from beeray import __version__, files
+from beeray import files
+from beeray.version import __version__
 from beeray.errors import BeerayError
 from beeray.files import atomic_path
 
@@ -65,7 +66,7 @@ def write(model_dir: str | Path, record: dict) -> Path:
 def read(model: str | Path) -> dict | None:
     """The record of a model folder (or a published model's URL, fetched); None for a hub name or a
     folder without one."""
-    folder = files.fetch_dir(str(model), "--model") if files.is_url(model) else Path(model).expanduser()
+    folder = files.readable_dir(model, "--model")
     path = folder / RECORD
     if not path.is_file():
         return None

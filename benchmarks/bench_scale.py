@@ -328,7 +328,8 @@ def ray_run(data: Path, model: Path, workers: int, kind: str, args, env) -> dict
             "--m", str(args.m), "--max-seq-length", str(args.msl), "--encode-batch-size", "64", "--amp", "off",
             "--no-eval", "--no-baseline"]
     if kind == "restart":
-        argv += ["--max-failures", "1", "--checkpoint-every", "1", "--set", "crash_at_step=2"]
+        argv += ["--max-failures", "1", "--checkpoint-every", "1"]
+        env = {**env, "BEERAY_CRASH_AT_STEP": "2"}  # the fault drill (beeray.train_loop.CRASH_AT_STEP)
     spec = base / "spec.json"
     spec.write_text(json.dumps({"argv": argv, "records": str(records), "steps": steps,
                                 "result": str(base / "driver.json")}))
@@ -449,7 +450,7 @@ def main(argv=None) -> int:
     model = work / "tiny"
     if not (model / "st").is_dir():
         sys.path.insert(0, str(REPO))
-        from beeray.models import tiny_model
+        from beeray.testing import tiny_model
 
         tiny_model(model)
     model = model / "st"

@@ -64,8 +64,8 @@ from beeray.config import TrainConfig  # noqa: E402
 from beeray.data.prepared import PreparedData  # noqa: E402
 from beeray.distributed import Comm  # noqa: E402
 from beeray.encoder import ChunkPlan, TokenizedCatalog, encode  # noqa: E402
-from beeray.evaluate import encode_items  # noqa: E402
-from beeray.gradcheck import NoReplay, autograd_grads, relative_error, two_pass_grads  # noqa: E402
+from beeray.evaluator import encode_items  # noqa: E402
+from beeray.testing.gradcheck import NoReplay, autograd_grads, relative_error, two_pass_grads  # noqa: E402
 from beeray.models import load_model  # noqa: E402
 from beeray.precision import grad_scaler, native_bf16, resolve  # noqa: E402
 from beeray.sampler import sample_item_set, step_rng  # noqa: E402
@@ -456,7 +456,7 @@ def quality(args, sizes, data, device, out: Path) -> dict:
         model.max_seq_length = sizes["msl"]
         model.eval()
         embeddings[who] = encode_items(model, data.texts, batch_size=256, show_progress=False)
-    from beeray.evaluate import CBFScorer, score_split
+    from beeray.evaluator import CBFScorer, score_split
 
     result["metrics"] = {who: {split: score_split(CBFScorer(emb), data.eval_split(split)) for split in ("val", "test")}
                          for who, emb in embeddings.items()}

@@ -22,7 +22,7 @@ def ray_session():
     dashboard on localhost, which Ray Train's state queries and placement-group cleanup need."""
     import ray
 
-    from beeray.trainer import init_ray
+    from beeray.cluster import init_ray
 
     init_ray(None, num_cpus=2)
     yield

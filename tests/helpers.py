@@ -16,9 +16,10 @@ import scipy.sparse as sp
 import torch
 
 from beeray.data.prepared import PreparedData, lists_to_csr
-# The gradient check lives in the package (benchmarks/gpu.py runs it where tests/ is absent).
-from beeray.gradcheck import GradientCapture, NoReplay, autograd_grads, relative_error, two_pass_grads  # noqa: F401
-from beeray.models import DEFAULT_MODEL, resolve_model, tiny_model  # noqa: F401
+# The gradient check and the tiny model live in beeray.testing (benchmarks/gpu.py runs it where tests/ is absent).
+from beeray.testing.gradcheck import GradientCapture, NoReplay, autograd_grads, relative_error, two_pass_grads  # noqa: F401
+from beeray.models import DEFAULT_MODEL, resolve_model  # noqa: F401
+from beeray.testing import tiny_model  # noqa: F401
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

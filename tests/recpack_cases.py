@@ -99,7 +99,7 @@ class CaseScorer:
 def beeray_per_user(case: dict) -> dict[str, list[float]]:
     """score_split's per-user values of the case (ties to the lower candidate: ties_seed None)."""
     from beeray.data.prepared import EvalSplit, lists_to_csr
-    from beeray.evaluate import score_split
+    from beeray.evaluator import score_split
 
     scores = np.asarray(case["scores"])
     n_users, n_cand = scores.shape

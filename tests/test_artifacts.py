@@ -5,6 +5,7 @@ import json
 import pytest
 
 from beeray import artifacts, files
+from beeray.checkpoint import prepare_run_dir
 from beeray.errors import BeerayError
 
 
@@ -82,6 +83,6 @@ def test_a_url_is_refused_not_turned_into_a_local_folder(tmp_path, monkeypatch, 
         assert exc.value.code == 2, argv
         assert says in capsys.readouterr().err.strip().splitlines()[-1], argv  # argparse: usage, then one line
     with pytest.raises(BeerayError, match="a URL"):  # a config file's out: reaches the run folder's check
-        files.prepare_run_dir("s3:/bucket/run", state="ray/train", config_file="config.json", config={},
-                              resume=False, conflicts=lambda saved: [], what="training run")
+        prepare_run_dir("s3:/bucket/run", state="ray/train", config_file="config.json", config={},
+                        resume=False, conflicts=lambda saved: [], what="training run")
     assert not any(tmp_path.iterdir())  # nothing written

@@ -16,7 +16,7 @@ from beeray.cli import main
 from beeray.data.prepare import PrepareOptions, prepare_synthetic
 from beeray.data.prepared import PreparedData
 from beeray.errors import BeerayError
-from beeray.evaluate import encode_items, evaluate, score_split
+from beeray.evaluator import encode_items, evaluate, score_split
 from beeray.models import load_model
 from tests.helpers import tokens
 

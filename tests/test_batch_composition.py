@@ -14,7 +14,7 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
-import beeray.gradcheck
+import beeray.testing.gradcheck
 import beeray.step
 import beeray.train_loop
 from beeray.cli import main
@@ -24,7 +24,8 @@ from beeray.encoder import TokenizedCatalog
 from beeray.errors import BeerayError
 from beeray.sampler import dataset_batches, joint_steps, sample_item_set, step_rng, worker_steps
 from beeray.step import StepResult
-from beeray.train_loop import PAD_USER, Recipe, composed_parts
+from beeray.sampler import PAD_USER, composed_parts
+from beeray.train_loop import Recipe
 from beeray.trainer import train_table
 from tests.helpers import autograd_grads, relative_error, two_pass_grads
 from tests.test_goodlens import movielens_folder
@@ -116,7 +117,7 @@ def test_per_dataset_step_gradient_equals_autograd_and_its_item_set_is_one_datas
 
     monkeypatch.setattr(beeray.step, "sample_item_set", spy)
     # the reference: one graph through the encoder over the same I_b (the same pooled draw)
-    monkeypatch.setattr(beeray.gradcheck, "sample_item_set", functools.partial(sample_item_set, pool=pool))
+    monkeypatch.setattr(beeray.testing.gradcheck, "sample_item_set", functools.partial(sample_item_set, pool=pool))
     ref, ref_loss = autograd_grads(model, catalog, users, 14, (2, 0, 1), 5, seed=3)
     got, res = two_pass_grads(model, catalog, users, 14, (2, 0, 1), 5, seed=3, pool=pool)
     assert res.items == 14 and res.loss == pytest.approx(ref_loss, rel=1e-6)

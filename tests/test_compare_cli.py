@@ -11,7 +11,7 @@ import pytest
 from beeray.cli import main
 from beeray.data.prepared import PreparedData
 from beeray.errors import BeerayError
-from beeray.evaluate import evaluate
+from beeray.evaluator import evaluate
 from beeray.models import load_model
 from tests.helpers import tiny_model
 from tests.test_evaluate import write_prepared
@@ -108,7 +108,7 @@ def test_bad_input(env, capsys, tmp_path):
 
 def fake_result(model: str, users: np.ndarray, values: dict[str, np.ndarray]) -> dict:
     """A result as score_split(keep_per_user=True) gives it, with its unpaired bootstrap stderr."""
-    from beeray.evaluate import bootstrap_stderr
+    from beeray.evaluator import bootstrap_stderr
 
     table = np.column_stack([values[m] for m in METRICS])
     errs = bootstrap_stderr(table, 1000, 0)
@@ -121,7 +121,7 @@ def test_paired_bootstrap_finds_a_difference_the_unpaired_reading_misses():
     """Row a beats row b by 0.01 on almost every user, while users differ from each other by far more:
     unpaired, the gap is under one combined stderr; paired, the users' difficulty cancels and the gap
     is many stderr wide. The users come in another order in b: the pairing is by user id."""
-    from beeray.evaluate import paired_differences
+    from beeray.evaluator import paired_differences
 
     rng = np.random.default_rng(0)
     users = np.arange(1000) * 3
@@ -147,7 +147,7 @@ def test_paired_bootstrap_finds_a_difference_the_unpaired_reading_misses():
 
 
 def test_holm_adjustment():
-    from beeray.evaluate import holm
+    from beeray.evaluator import holm
 
     # Holm (1979): sorted p (0.01, 0.02, 0.03, 0.5) x (4, 3, 2, 1) = (0.04, 0.06, 0.06, 0.5), monotone
     assert holm([0.03, 0.5, 0.01, 0.02]) == pytest.approx([0.06, 0.5, 0.04, 0.06])

@@ -35,7 +35,7 @@ def test_experiment_configs_parse():
 
 
 def test_space_types_and_trial_config():
-    from beeray.tune import trial_config
+    from beeray.tuner import trial_config
 
     cfg = parse_tune_config(_raw(space={"lr": {"type": "uniform", "low": "1e-5", "high": 0.01},
                                         "m": {"type": "choice", "values": [64, 128]},
@@ -153,3 +153,45 @@ def test_resume_checks_every_key_but_the_harmless_ones():
                        ("lr", 1e-5), ("m", 7), ("activation_memory", 4.0)]:
         changed = TrainConfig(**{"data": "d", "lr": 1e-4, key: value}).resume_conflicts(saved)
         assert len(changed) == 1 and changed[0].startswith(f"{key}: ")
+
+
+def test_a_sectioned_yaml_is_the_same_run_as_a_flat_one(tmp_path):
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("data: data/ml\nlr: 5.0e-5\nepochs: 3\nm: 256\nnum_workers: 2\ntracking: none\n")
+    grouped = tmp_path / "grouped.yaml"
+    grouped.write_text("optimizer: {lr: 5.0e-5, epochs: 3}\ndata: {data: data/ml, m: 256}\n"
+                       "scaling: {num_workers: 2}\ntracking: {tracking: none}\n")
+    assert to_dict(train_config(str(grouped))) == to_dict(train_config(str(flat)))
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("optimizer: {m: 256}\n")
+    with pytest.raises(BeerayError, match=r"^.*wrong.yaml: optimizer.m: m belongs to section data"):
+        train_config(str(wrong))
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("lr: 1.0e-5\noptimizer: {lr: 5.0e-5}\n")
+    with pytest.raises(BeerayError, match="lr is given twice"):
+        train_config(str(twice))
+    # a tune config's train section reads the same way
+    tune = parse_tune_config({"train": {"data": {"data": "d", "m": 64}},
+                              "search": {"space": {"lr": {"type": "loguniform", "low": 1e-6, "high": 1e-3}}}}, "t")
+    assert (tune.train.data, tune.train.m) == ("d", 64)
+
+
+def test_the_rules_live_with_the_keys_and_docs_config_md_lists_them():
+    """RESUME_MAY_CHANGE, FIXED_KEYS, ADDED_KEYS and the bounds are read from each key's `setting`, and
+    docs/config.md carries the table generated from them, so a new key is documented or this fails."""
+    from dataclasses import fields
+
+    from beeray.config import ADDED_KEYS, FIXED_KEYS, RESUME_MAY_CHANGE, SECTIONS, markdown_reference
+
+    assert {"out", "epochs", "keep", "patience", "max_failures"} <= RESUME_MAY_CHANGE
+    assert not {"lr", "m", "amp", "seed", "optimizer"} & RESUME_MAY_CHANGE
+    assert {"data", "out", "full_train", "evaluate_test", "num_workers"} <= FIXED_KEYS and "lr" not in FIXED_KEYS
+    assert ADDED_KEYS["keep"] == "last" and ADDED_KEYS["patience"] == 0 and "lr" not in ADDED_KEYS
+    assert {f.metadata["section"] for f in fields(TrainConfig)} == set(SECTIONS)
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    assert markdown_reference() in doc, "docs/config.md is stale: paste beeray.config.markdown_reference()"
+    assert all(f"| `{f.name}` |" in doc for f in fields(TrainConfig))
+    with pytest.raises(BeerayError, match="patience must be >= 0, got -1"):
+        train_config(None, {"patience": -1})
+    with pytest.raises(BeerayError, match="encode_batch_size must be > 0, got 0"):
+        train_config(None, {"encode_batch_size": 0})

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from beeray import files
 from beeray.cli import main
 from beeray.data.items import read_item_texts
 from beeray.errors import BeerayError
@@ -63,8 +64,8 @@ def _unit_rows(n, d, seed):
 
 def test_recommend_ranks_as_the_evaluator_scores():
     from beeray.data.prepared import EvalSplit
-    from beeray.evaluate import CBFScorer, score_split
-    from beeray.recommend import recommend
+    from beeray.evaluator import CBFScorer, score_split
+    from beeray.recommender import recommend
 
     n, k = 500, 20
     emb = _unit_rows(n, 16, 0)
@@ -106,9 +107,9 @@ def test_recommend_ranks_as_the_evaluator_scores():
 @pytest.mark.slow
 def test_recommend_cli_prints_the_top_k_with_texts(shop, tiny_model_dir, capsys):
     from beeray.data.prepared import PreparedData
-    from beeray.evaluate import encode_items
+    from beeray.evaluator import encode_items
     from beeray.models import load_model
-    from beeray.recommend import recommend
+    from beeray.recommender import recommend
 
     assert main(["recommend", "--model", str(tiny_model_dir), "--items", str(shop),
                  "--history", "b000-printer", "b000-toner", "-k", "5"]) == 0
@@ -138,8 +139,8 @@ def _shards(out: Path) -> dict[str, tuple[int, int]]:
 
 @pytest.mark.slow
 def test_embed_killed_midway_resumes_without_reencoding(shop, tiny_model_dir, tmp_path):
-    from beeray.embed import INDEX, load_embeddings
-    from beeray.evaluate import encode_items
+    from beeray.embedding import INDEX, load_embeddings
+    from beeray.evaluator import encode_items
     from beeray.models import load_model
 
     n, size = 6000, 50
@@ -161,7 +162,7 @@ def test_embed_killed_midway_resumes_without_reencoding(shop, tiny_model_dir, tm
     kept = _shards(out)
     total = n // size
     assert 3 <= len(kept) < total, f"{len(kept)} of {total} shards: the kill came too late to test resuming"
-    assert json.loads((out / "embed.json").read_text())["complete"] is False
+    assert (out / "embed.json").is_file() and not (out / files.MARKER).exists()  # started, not finished
     with pytest.raises(BeerayError, match="did not finish"):
         load_embeddings(out)
 
@@ -172,7 +173,7 @@ def test_embed_killed_midway_resumes_without_reencoding(shop, tiny_model_dir, tm
     after = _shards(out)
     assert len(after) == total and all(after[name] == kept[name] for name in kept)  # not rewritten
     manifest = json.loads((out / "embed.json").read_text())
-    assert manifest["complete"] and manifest["encoded_this_run"] == n - len(kept) * size
+    assert (out / files.MARKER).is_file() and manifest["encoded_this_run"] == n - len(kept) * size
 
     # 3) The result is the model's unit-norm embedding of every item, in catalog order.
     ids, emb = load_embeddings(out)
@@ -183,7 +184,7 @@ def test_embed_killed_midway_resumes_without_reencoding(shop, tiny_model_dir, tm
     # 4) The FAISS index finds an item's nearest neighbours as recommend ranks them.
     import faiss
 
-    from beeray.recommend import recommend
+    from beeray.recommender import recommend
 
     index = faiss.read_index(str(out / INDEX))
     assert index.ntotal == n
@@ -198,8 +199,8 @@ def test_a_float16_shard_reads_back_as_the_models_embeddings(tiny_model_dir, tmp
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from beeray.embed import ShardEncoder, _read_shards, shard_path
-    from beeray.evaluate import encode_items
+    from beeray.embedding import ShardEncoder, _read_shards, shard_path
+    from beeray.evaluator import encode_items
     from beeray.models import load_model
 
     texts = ["a laser printer", "black toner cartridge", "a tent for two"]
@@ -222,8 +223,8 @@ def test_embed_precision_matches_model_encode_within_its_tolerance(tiny_model_di
     float32 up to the precision's rounding: fp32 to 1e-6; bf16 (8 mantissa bits) to 5e-3 per value
     and cosine >= 0.9995; fp16 (11 bits) to 1e-3 and cosine >= 0.99999. (all-MiniLM-L6-v2 on 64
     Goodbooks descriptions, CPU: bf16 1.2e-3 and 0.99997, fp16 1.8e-4 and 0.9999995.)"""
-    from beeray.embed import ShardEncoder
-    from beeray.evaluate import encode_items
+    from beeray.embedding import ShardEncoder
+    from beeray.evaluator import encode_items
     from beeray.models import load_model
 
     texts = [f"item {i}: " + " ".join(["laser printer", "black toner", "a tent for two", "lens cap"][: 1 + i % 4])
@@ -245,7 +246,7 @@ def test_embed_precision_matches_model_encode_within_its_tolerance(tiny_model_di
 def test_embed_refuses_to_mix_precisions_in_one_folder(tmp_path):
     """Shards encoded at one precision are not continued at another (the manifest records it)."""
     from beeray.data.items import read_item_texts
-    from beeray.embed import MANIFEST, embed
+    from beeray.embedding import MANIFEST, embed
 
     catalog = tmp_path / "items.csv"
     catalog.write_text("item_id,text\na,a laser printer\nb,black toner\n")

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from beeray.data.prepared import EvalSplit as Split
 from beeray.data.prepared import PreparedData
-from beeray.evaluate import CBFScorer, bootstrap_stderr, cbf_scores, evaluate, needed_items, score_split, top_k_rows
+from beeray.evaluator import CBFScorer, bootstrap_stderr, cbf_scores, evaluate, needed_items, score_split, top_k_rows
 
 LOG2_3 = np.log2(3.0)
 
@@ -289,7 +289,7 @@ def test_evaluate_real_encoder(tmp_path, tiny):
 def test_user_batches_shrink_with_many_candidates(monkeypatch):
     """Memory is bounded by users x candidates per batch: with many candidates the evaluator scores
     fewer users at once, and the result does not change."""
-    import beeray.evaluate as ev
+    import beeray.evaluator as ev
 
     emb, split = random_split(120, 60, None, seed=3)
     want = score_split(CBFScorer(emb), split, bootstrap=20)
@@ -311,7 +311,7 @@ def test_user_batches_shrink_with_many_candidates(monkeypatch):
 def test_popularity_thirds_and_their_recalls():
     """Hand case: 6 candidates whose target counts are 4, 4, 4 (head ... tail by construction: each
     third holds 4 of the 12 target interactions) and a ranking whose top 20 finds known hits."""
-    from beeray.evaluate import popularity_report, popularity_strata
+    from beeray.evaluator import popularity_report, popularity_strata
 
     # 4 users x 6 candidates: item 0 and 1 are targets of 2 users each (4 targets: head),
     # item 2 of 4 users (4: middle), items 3..5 of 4 users together (tail), ties broken by index.
@@ -338,7 +338,7 @@ def test_popularity_report_of_every_result():
                         "popularity_percentile@20"}
     assert 0 <= min(v for v in pop.values()) and pop["popularity_percentile@20"] <= 100
     # the micro recall is the targets-weighted mean of the thirds'
-    from beeray.evaluate import popularity_strata
+    from beeray.evaluator import popularity_strata
 
     y = sp.csr_matrix(split.target[:, split.candidates])
     keep = (np.diff(sp.csr_matrix(split.source).indptr) > 0) & (np.diff(y.indptr) > 0)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-import beeray.evaluate as ev
+import beeray.evaluator as ev
 from beeray.data.prepared import EvalSplit as Split
-from beeray.evaluate import CBFScorer, candidate_positions, in_candidates, score_split, top_k_rows
+from beeray.evaluator import CBFScorer, candidate_positions, in_candidates, score_split, top_k_rows
 from tests.test_evaluate import brute_force
 
 

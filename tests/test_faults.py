@@ -4,6 +4,7 @@ mid-upload, a full disk, a torn file, and exit codes that must be 2 every time."
 
 import errno
 import json
+import logging
 import os
 import shutil
 import signal
@@ -72,8 +73,8 @@ def test_fingerprint_follows_the_weights_not_the_path(tiny_model_dir, tmp_path):
 def test_embed_reencodes_a_model_changed_in_place_and_recommend_refuses_another(ray_session, shop, tiny_model_dir,
                                                                                 tmp_path, capsys):
     from beeray.data.items import read_item_texts
-    from beeray.embed import embed, load_embeddings
-    from beeray.evaluate import encode_items
+    from beeray.embedding import embed, load_embeddings
+    from beeray.evaluator import encode_items
     from beeray.models import load_model, model_fingerprint
 
     model, out = tmp_path / "model", tmp_path / "emb"
@@ -112,7 +113,8 @@ with files.run_lock(sys.argv[1], "run"):
 """
 
 
-def test_a_second_run_on_one_folder_is_refused_and_a_dead_holders_lock_taken_over(tmp_path, capsys):
+def test_a_second_run_on_one_folder_is_refused_and_a_dead_holders_lock_taken_over(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="beeray")
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
     try:
@@ -127,21 +129,22 @@ def test_a_second_run_on_one_folder_is_refused_and_a_dead_holders_lock_taken_ove
         holder.wait()
     with files.run_lock(out, "run"):  # the holder died without letting go: its lock is taken over
         assert json.loads((out / files.LOCK).read_text())["pid"] == os.getpid()
-    assert f"taking over the lock left by pid {holder.pid}" in capsys.readouterr().out
+    assert f"taking over the lock left by pid {holder.pid}" in caplog.text
 
 
-def test_an_object_storage_lock_refuses_a_live_holder_and_takes_over_a_dead_one(s3, capsys):
+def test_an_object_storage_lock_refuses_a_live_holder_and_takes_over_a_dead_one(s3, caplog):
+    caplog.set_level(logging.INFO, logger="beeray")
     uri = f"{s3('locks')}/run"
     other = {"pid": 1, "host": "another-host", "started": "2026-12-03T00:00:00Z", "token": "t"}
-    files.write_remote_text(uri, files.REMOTE_LOCK, json.dumps({**other, "heartbeat": time.time()}))
+    files.Folder(uri).write_text(files.REMOTE_LOCK, json.dumps({**other, "heartbeat": time.time()}))
     with pytest.raises(BeerayError, match="in use by another beeray run \\(pid 1 on host another-host"):
         with files.run_lock(uri, "run"):
             pass
-    files.write_remote_text(uri, files.REMOTE_LOCK, json.dumps({**other, "heartbeat": time.time() - files.STALE_S - 1}))
+    files.Folder(uri).write_text(files.REMOTE_LOCK, json.dumps({**other, "heartbeat": time.time() - files.STALE_S - 1}))
     with files.run_lock(uri, "run"):
-        assert json.loads(files.read_remote_text(uri, files.REMOTE_LOCK))["pid"] == os.getpid()
-    assert "taking over the lock left by pid 1 on host another-host" in capsys.readouterr().out
-    assert files.read_remote_text(uri, files.REMOTE_LOCK) is None  # released at the end
+        assert json.loads(files.Folder(uri).read_text(files.REMOTE_LOCK, default=None))["pid"] == os.getpid()
+    assert "taking over the lock left by pid 1 on host another-host" in caplog.text
+    assert files.Folder(uri).read_text(files.REMOTE_LOCK, default=None) is None  # released at the end
 
 
 def test_two_trains_into_one_out_the_second_is_refused(shop, tiny_model_dir, tmp_path):
@@ -434,7 +437,8 @@ def _embeddings(folder: Path) -> None:
     (folder / "shards").mkdir(parents=True)
     pq.write_table(pa.table({"item_id": ["a", "b", "c", "d"], "embedding": pa.FixedSizeListArray.from_arrays(flat, 4)}),
                    folder / "shards" / "part-00000.parquet")
-    (folder / "embed.json").write_text(json.dumps({"complete": True, "shards": ["x"], "rows": 4}))
+    (folder / "embed.json").write_text(json.dumps({"shards": ["x"], "rows": 4}))
+    files.Folder(folder).mark_complete({"manifest": "embed.json", "rows": 4})
 
 
 @pytest.mark.parametrize("history,k", [(["NOPE"], "5"), ([""], "5"), (["a"], "-3")])

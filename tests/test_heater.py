@@ -61,28 +61,30 @@ def test_validation_keeps_the_best_epoch_and_restores_it(series):
     fake = Curve(series, every=3, curve=lambda epoch: -abs(epoch - 15) / 100)
     model = Heater(epochs=30, eval_every=3, patience=0, **SMALL).fit(context(series, fake))
     assert fake.calls == 10  # validated after epochs 3, 6, ..., 30 (no early stop: patience 0, the authors')
-    assert list(model.trained["val_ndcg@100"]) == [str(e) for e in range(3, 31, 3)]
-    assert model.params["epochs"] == model.trained["best_epoch"] == 15 and model.trained_edges == {}
+    fit = model.fitted()
+    assert list(fit.record["val_ndcg@100"]) == [str(e) for e in range(3, 31, 3)]
+    assert fit.params["epochs"] == fit.record["best_epoch"] == 15 and fit.edges == {}
+    assert model.params["epochs"] == 30  # the settings given are left as given
     # the restored model is the epoch-15 model: its weights, and its validation score is the best recorded
     assert same_state(model.net.state_dict(), fake.states[15], rtol=0)
-    assert fake(model) == max(model.trained["val_ndcg@100"].values()) == 0.0 and fake.calls == 10
+    assert fake(model) == max(fit.record["val_ndcg@100"].values()) == 0.0 and fake.calls == 10
 
 
 def test_a_best_last_epoch_is_an_edge_and_the_last_epoch_is_always_validated(series):
     fake = Curve(series, every=4, curve=lambda epoch: epoch)  # still improving at the end
     model = Heater(epochs=6, eval_every=4, **SMALL).fit(context(series, fake))
-    assert list(model.trained["val_ndcg@100"]) == ["4", "6"]
-    assert model.params["epochs"] == 6 and model.trained_edges == {"epochs": "high"}
+    assert list(model.fitted().record["val_ndcg@100"]) == ["4", "6"]
+    assert model.fitted().params["epochs"] == 6 and model.fitted().edges == {"epochs": "high"}
     # a best first validation is the other end: nothing earlier was scored
     fake = Curve(series, every=2, curve=lambda epoch: -epoch)
     model = Heater(epochs=10, eval_every=2, patience=2, **SMALL).fit(context(series, fake))
-    assert model.params["epochs"] == 2 and model.trained_edges == {"epochs": "low"}
+    assert model.fitted().params["epochs"] == 2 and model.fitted().edges == {"epochs": "low"}
 
 
 def test_patience_stops_after_that_many_validations_without_improvement(series):
     fake = Curve(series, every=2, curve=lambda epoch: -abs(epoch - 4))
     model = Heater(epochs=30, eval_every=2, patience=2, **SMALL).fit(context(series, fake))
-    assert list(model.trained["val_ndcg@100"]) == ["2", "4", "6", "8"] and model.params["epochs"] == 4
+    assert list(model.fitted().record["val_ndcg@100"]) == ["2", "4", "6", "8"] and model.fitted().params["epochs"] == 4
 
 
 def test_the_refit_of_the_chosen_epochs_is_the_validated_run_at_that_epoch(series):
@@ -90,9 +92,9 @@ def test_the_refit_of_the_chosen_epochs_is_the_validated_run_at_that_epoch(serie
     first epochs (same seed, same learning-rate steps), so it ends where the chosen epoch was."""
     fake = Curve(series, every=1, curve=lambda epoch: -abs(epoch - 12))  # past the lr decay after epoch 10
     validated = Heater(epochs=25, eval_every=1, patience=0, **SMALL).fit(context(series, fake))
-    assert validated.params["epochs"] == 12 and len(validated.losses) == 25
+    assert validated.fitted().params["epochs"] == 12 and len(validated.losses) == 25
     torch.rand(100)  # whatever ran in between (torch's global generator moved on), the seed decides
-    refit = Heater(**validated.params).fit(context(series))
+    refit = Heater(**validated.fitted().params).fit(context(series))
     assert len(refit.losses) == 12 and refit.losses == validated.losses[:12]
     assert same_state(refit.net.state_dict(), fake.states[12])
     assert np.allclose(refit.item_vectors, validated.item_vectors, rtol=1e-6, atol=1e-12)

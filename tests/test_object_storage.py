@@ -2,8 +2,8 @@
 127.0.0.1 (moto's server, the `s3` fixture in conftest.py).
 
 What a reader may take as finished is the question throughout: a published folder is finished once its
-_COMPLETE.json exists (written last, listing every file's size and SHA-256), an embedding folder once its
-embed.json says "complete". A crash at any point leaves neither, and the same command continues.
+_COMPLETE.json exists (written last, listing every file's size and SHA-256), an embedding folder too (its
+marker written once every shard is). A crash at any point leaves none, and the same command continues.
 """
 
 import json
@@ -35,7 +35,7 @@ def ray_s3(s3):
     them (a Ray left running by an earlier module would not have them: it is shut down first)."""
     import ray
 
-    from beeray.trainer import init_ray
+    from beeray.cluster import init_ray
 
     ray.shutdown()
     init_ray(None, num_cpus=2)
@@ -167,11 +167,12 @@ def _params(model_dir):
 
 
 @pytest.mark.slow
-def test_train_to_s3_killed_worker_resumes_from_the_bucket(s3, ray_s3, tiny_model_dir, capsys):
+def test_train_to_s3_killed_worker_resumes_from_the_bucket(s3, ray_s3, tiny_model_dir, capsys, monkeypatch):
     """The CLI end to end with data and run in the bucket: a run whose worker dies continues from the
     bucket's checkpoint (by --resume auto, with the driver's local files gone; by FailureConfig) and is
     published with its marker last. The fault drill fires only in a run that restored no checkpoint,
     so a continuation that started over would crash again."""
+    from beeray.train_loop import CRASH_AT_STEP
     from beeray.trainer import train
 
     bucket = s3("runs")
@@ -183,7 +184,8 @@ def test_train_to_s3_killed_worker_resumes_from_the_bucket(s3, ray_s3, tiny_mode
             "--lr", "1e-3", "--seed", "3", "--checkpoint-every", "3", "--no-baseline", "--resume", "auto"]
 
     # 1) Rank 0 dies at step 5, after the checkpoint at step 3, and nothing restarts it.
-    assert main([*argv, "--set", "crash_at_step=5"]) == 2
+    monkeypatch.setenv(CRASH_AT_STEP, "5")  # the fault drill: rank 0 dies at step 5 unless restored
+    assert main(argv) == 2
     assert "injected worker crash at step 5" in capsys.readouterr().err
     objects = _objects(url)
     assert any(k.startswith("ray/train/checkpoint_") and k.endswith("model.safetensors") for k in objects)
@@ -193,18 +195,18 @@ def test_train_to_s3_killed_worker_resumes_from_the_bucket(s3, ray_s3, tiny_mode
 
     # 2) The job submitted again, on a machine without the first driver's files: it continues.
     assert not files.staging_dir(url).exists()  # a failed run leaves no staging folder: its state is in the store
-    assert main([*argv, "--set", "crash_at_step=5"]) == 0
+    assert main(argv) == 0
     out = capsys.readouterr().out
     assert "holds a run: resuming it" in out and f"model: {url}/model" in out
-    saved = json.loads(files.read_remote_text(url, "config.json"))
+    saved = json.loads(files.Folder(url).read_text("config.json", default=None))
     assert saved["data"] == data and saved["out"] == url  # URLs stay URLs
-    listed = json.loads(files.read_remote_text(url, files.MARKER))["files"]
+    listed = json.loads(files.Folder(url).read_text(files.MARKER, default=None))["files"]
     assert {"model/model.safetensors", "model/README.md", "model/beeray_training.json.gz", "metrics.json",
             "history.csv", "history.png", "config.json", "mlflow/mlflow.db"} <= set(listed)
     assert not any(k.startswith("ray/") for k in listed)  # Ray's checkpoints are its own, not the run's files
     assert "model/" + files.MARKER not in _objects(url)  # the model's own marker (for evaluation) is gone
-    metrics = json.loads(files.read_remote_text(url, "metrics.json"))
-    history = [r for r in csv_rows(files.read_remote_text(url, "history.csv")) if r["kind"] == "step"]
+    metrics = json.loads(files.Folder(url).read_text("metrics.json", default=None))
+    history = [r for r in csv_rows(files.Folder(url).read_text("history.csv", default=None)) if r["kind"] == "step"]
     assert [int(r["step"]) for r in history] == list(range(1, len(history) + 1))  # replayed, not recorded twice
 
     # 3) The model reads back from its URL, with the training record evaluate's leak guard needs.
@@ -216,7 +218,7 @@ def test_train_to_s3_killed_worker_resumes_from_the_bucket(s3, ray_s3, tiny_mode
 
     # 4) FailureConfig: the worker group restarts by itself from the bucket's newest checkpoint, and ends
     # where the resumed run ended.
-    auto = train(_cfg(data, tiny_model_dir, f"{bucket}/auto", crash_at_step=5, max_failures=1), baseline=False)
+    auto = train(_cfg(data, tiny_model_dir, f"{bucket}/auto", max_failures=1), baseline=False)
     for a, b in zip(_params(auto.model_dir), resumed.parameters()):
         torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-6)
     assert auto.metrics["trained"]["val"]["ndcg@100"] == pytest.approx(metrics["trained"]["val"]["ndcg@100"], abs=1e-4)
@@ -238,7 +240,7 @@ def csv_rows(text: str) -> list[dict]:
 def test_tune_to_s3_publishes_the_search_and_its_final_model(s3, ray_s3, shop, tiny_model_dir, tmp_path):
     from tests.test_tune import _shop_config
 
-    from beeray.tune import tune
+    from beeray.tuner import tune
 
     url = f"{s3('tune')}/search"
     cfg = _shop_config(shop, tiny_model_dir, tmp_path / "placeholder", num_samples=2, max_concurrent_trials=1)
@@ -253,7 +255,7 @@ def test_tune_to_s3_publishes_the_search_and_its_final_model(s3, ray_s3, shop, t
     assert {"tune_results.csv", "best.json", "trials.png", "tune_config.json", files.MARKER} <= set(objects)
     assert any(k.startswith("ray/tune/") for k in objects) and any(k.startswith("ray/trials/") for k in objects)
     assert f"final/{files.MARKER}" in objects  # the retrain published by its own run, before the search's
-    best = json.loads(files.read_remote_text(url, "best.json"))
+    best = json.loads(files.Folder(url).read_text("best.json", default=None))
     assert best["final"]["out"] == f"{url}/final"
     assert SentenceTransformer(str(files.fetch_dir(f"{url}/final/model")), device="cpu").encode(["x"]).shape == (1, 32)
     # --resume auto on the finished search: it is kept and the final model is not trained again.
@@ -265,8 +267,8 @@ def test_tune_to_s3_publishes_the_search_and_its_final_model(s3, ray_s3, shop, t
 def test_embed_to_s3_killed_midway_keeps_its_shards(s3, shop, tiny_model_dir, tmp_path):
     import pandas as pd
 
-    from beeray.embed import MANIFEST, load_embeddings
-    from beeray.evaluate import encode_items
+    from beeray.embedding import MANIFEST, load_embeddings
+    from beeray.evaluator import encode_items
     from beeray.models import load_model
 
     n, size = 3000, 50
@@ -293,7 +295,7 @@ def test_embed_to_s3_killed_midway_keeps_its_shards(s3, shop, tiny_model_dir, tm
     kept = shards()
     total = n // size
     assert 3 <= len(kept) < total, f"{len(kept)} of {total} shards: the kill came too late to test resuming"
-    assert json.loads(files.read_remote_text(url, MANIFEST))["complete"] is False
+    assert files.Folder(url).is_file(MANIFEST) and not files.Folder(url).is_complete()  # started, not finished
     with pytest.raises(BeerayError, match="did not finish"):
         load_embeddings(url)
 

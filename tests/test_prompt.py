@@ -14,7 +14,7 @@ from beeray.config import train_config
 from beeray.data.prepared import PreparedData
 from beeray.encoder import TokenizedCatalog
 from beeray.errors import BeerayError
-from beeray.evaluate import encode_items, evaluate
+from beeray.evaluator import encode_items, evaluate
 from beeray.models import PROMPT_NAME, load_model, set_prompt
 from beeray.train_loop import Recipe
 

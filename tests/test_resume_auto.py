@@ -5,6 +5,7 @@ short runs (slow)."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -26,14 +27,16 @@ def _argv(shop, model, out, *extra):
     return ["train", "--data", str(shop), "--model", str(model), "--out", str(out), *SMALL, *extra]
 
 
-def test_resolve_resume(tmp_path, capsys):
+def test_resolve_resume(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="beeray")  # the library logs; `beeray train` prints the lines
     assert resolve_resume(tmp_path / "out", "ray/train", False) is False
     assert resolve_resume(tmp_path / "out", "ray/train", True) is True  # plain --resume: prepare_run_dir checks
     assert resolve_resume(tmp_path / "out", "ray/train", "auto") is False
-    assert "no run in" in capsys.readouterr().out
+    assert "no run in" in caplog.text
+    caplog.clear()
     (tmp_path / "out" / "ray" / "train").mkdir(parents=True)
     assert resolve_resume(tmp_path / "out", "ray/train", "auto") is True
-    assert "holds a run: resuming it" in capsys.readouterr().out
+    assert "holds a run: resuming it" in caplog.text
 
 
 def test_train_resume_auto_refuses_another_config_in_one_line(shop, tiny_model_dir, tmp_path, capsys):

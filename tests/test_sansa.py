@@ -19,7 +19,7 @@ from beeray.baselines.base import Context
 from beeray.baselines.sansa import MISSING, SANSA, installed
 from beeray.data.prepare import PrepareOptions, prepare_synthetic
 from beeray.data.prepared import PreparedData
-from beeray.evaluate import score_split
+from beeray.evaluator import score_split
 
 
 def test_sansa_is_installed():

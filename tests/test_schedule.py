@@ -49,8 +49,7 @@ def recorded_steps(monkeypatch):
 
 def run(recipe: Recipe, users, items, report=lambda *a: None) -> None:
     """What train_loop_per_worker does after setup (no validation: eval_every_epoch is off)."""
-    for epoch in range(recipe.state.epoch, recipe.cfg.epochs):
-        recipe.end_epoch(recipe.train_epoch(epoch, users, items, report), report)
+    recipe.run(lambda: (users, items), report)
 
 
 def test_schedule_factors():
@@ -63,7 +62,7 @@ def test_schedule_factors():
     assert cosine(0) == 1.0 and cosine(4) == pytest.approx(0.5) and cosine(8) == pytest.approx(0.0)
     assert cosine(2) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
     # the constant schedule without warm-up multiplies lr by exactly 1.0: today's training, bit for bit
-    assert all(LRSchedule("constant", 0)(s) == 1.0 for s in range(100))
+    assert all(LRSchedule("constant", 0, 0)(s) == 1.0 for s in range(100))
 
 
 def test_a_resumed_run_has_the_learning_rates_of_an_uninterrupted_one(shop, tiny_model_dir, tmp_path,

@@ -252,7 +252,7 @@ def test_two_pass_equals_autograd_under_autocast(setup, precision):
 def test_fp16_step_scales_dL_dA_and_unscales_before_the_update(setup):
     """The scaled G reaches pass 2 (gradients are scale x larger there) and the optimizer sees the
     unscaled gradient; without a scaler fp16 is refused."""
-    from beeray.gradcheck import FP16_SCALE, scaler_for
+    from beeray.testing.gradcheck import FP16_SCALE, scaler_for
 
     model, catalog, users = setup
     seen = []

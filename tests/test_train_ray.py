@@ -188,7 +188,8 @@ def test_every_user_seen_once_per_epoch_with_two_workers(ray_session, shop, tmp_
     from ray.train.torch import TorchTrainer
 
     from beeray.data.prepared import PreparedData
-    from beeray.train_loop import PAD_USER, read_shard
+    from beeray.sampler import PAD_USER
+    from beeray.train_loop import read_shard
     from beeray.trainer import train_dataset
 
     data = PreparedData.load(shop)
@@ -216,12 +217,14 @@ def test_every_user_seen_once_per_epoch_with_two_workers(ray_session, shop, tmp_
         assert len(users) == len(set(users)) == expected
 
 
-def test_crash_resume_equals_uninterrupted_run(ray_session, shop, tiny_model_dir, tmp_path):
+def test_crash_resume_equals_uninterrupted_run(ray_session, shop, tiny_model_dir, tmp_path, monkeypatch):
+    from beeray.train_loop import CRASH_AT_STEP
     from beeray.trainer import train
 
     ref = train(_cfg(shop, tiny_model_dir, tmp_path / "ref", checkpoint_every=3), baseline=False)
     # Same run, but rank 0 dies at step 5 (after the checkpoint at step 3) and nothing restarts it.
-    crashed = _cfg(shop, tiny_model_dir, tmp_path / "crash", checkpoint_every=3, crash_at_step=5)
+    monkeypatch.setenv(CRASH_AT_STEP, "5")
+    crashed = _cfg(shop, tiny_model_dir, tmp_path / "crash", checkpoint_every=3)
     with pytest.raises(BeerayError, match="injected worker crash at step 5"):
         train(crashed, baseline=False)
     resumed = train(crashed, resume=True, baseline=False)
@@ -235,8 +238,7 @@ def test_crash_resume_equals_uninterrupted_run(ray_session, shop, tiny_model_dir
     np.testing.assert_allclose([r["loss"] for r in resumed.steps], [r["loss"] for r in ref.steps], rtol=1e-5)
 
     # FailureConfig: the worker group restarts by itself from the newest checkpoint.
-    auto = train(_cfg(shop, tiny_model_dir, tmp_path / "auto", checkpoint_every=3, crash_at_step=5,
-                      max_failures=1), baseline=False)
+    auto = train(_cfg(shop, tiny_model_dir, tmp_path / "auto", checkpoint_every=3, max_failures=1), baseline=False)
     for a, b in zip(_params(ref.model_dir), _params(auto.model_dir)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 

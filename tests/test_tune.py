@@ -77,7 +77,7 @@ class _StopAfter:
 def test_search_interrupted_resumed_then_best_retrained_and_tested_once(
         ray_session, shop, tiny_model_dir, tmp_path):
     from beeray.data.prepared import PreparedData
-    from beeray.tune import run_search, tune
+    from beeray.tuner import run_search, tune
 
     out = tmp_path / "tune"
     # Mid-epoch checkpoints too (9 steps per epoch): their reports must look like every other one.

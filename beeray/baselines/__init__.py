@@ -12,6 +12,7 @@ tune` retrains its best trial.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Callable
 
@@ -30,6 +31,8 @@ from beeray.baselines.sansa import SANSA
 from beeray.baselines.text_popularity import TextPopularity
 from beeray.data.prepared import PreparedData, lists_to_csr
 from beeray.errors import BeerayError
+
+logger = logging.getLogger(__name__)
 
 BASELINES: dict[str, type[Baseline]] = {cls.name: cls for cls in (
     Popularity, ItemKNN, EASE, ALS, ELSA, SANSA, Heater, TextPopularity, CBFPopularity)}
@@ -94,7 +97,7 @@ def _ordered(ladder: list) -> bool:
 
 
 def search(cls: type[Baseline], fixed: dict[str, Any], value: Callable[[dict[str, Any]], float],
-           log: Callable[[str], None] = print) -> tuple[dict[str, Any], dict[tuple, float]]:
+           log: Callable[[str], None] | None = None) -> tuple[dict[str, Any], dict[tuple, float]]:
     """Choose `cls`'s hyperparameters by coordinate ascent over its ladders (`cls.grid`); `value(params)`
     is a configuration's validation metric (higher is better). Returns the best configuration and every
     configuration tried with its value.
@@ -106,6 +109,7 @@ def search(cls: type[Baseline], fixed: dict[str, Any], value: Callable[[dict[str
     its axis) or at a ladder's end (reported as an edge, `edges`). Unordered ladders (strings, booleans)
     try every value. A few fits per hyperparameter instead of the product of all ladders.
     """
+    log = log or logger.info
     ladders = {k: v for k, v in cls.grid.items() if k not in fixed}
     tried: dict[tuple, float] = {}
 
@@ -156,14 +160,14 @@ def ladder_edges(cls: type[Baseline], chosen: dict[str, Any], fixed: dict[str, A
 
 def evaluate_baseline(name: str, data: PreparedData, which: str, *, params: dict | None = None,
                       item_embeddings: Callable[[], np.ndarray] | None = None, seed: int = 0,
-                      log: Callable[[str], None] = print, part: str | None = None, **eval_kwargs) -> dict:
+                      log: Callable[[str], None] | None = None, part: str | None = None, **eval_kwargs) -> dict:
     """Choose `name`'s hyperparameters on validation (`search`), then score split `which`; the evaluator's
     result plus `params` (every setting of the scored model), `search` (each tried configuration's
     validation metric), `edges` (choices on an end of their ladder) and seconds.
     `seed` seeds the baseline's own randomness and the bootstrap. `part`: one dataset of a multi-dataset
     folder, whose validation split then chooses the hyperparameters and whose test split is scored (the
     baseline still learns from the whole folder's training file, as a model trained on it does)."""
-    from beeray.evaluate import JOINT, score_split
+    from beeray.evaluator import JOINT, score_split
 
     cls = get(name)
     if cls.needs == "text" and item_embeddings is None:
@@ -186,26 +190,26 @@ def evaluate_baseline(name: str, data: PreparedData, which: str, *, params: dict
         model = cls(**combo).fit(Context(data, "val", val_train, item_embeddings, seed, validate=validate))
         got = validate(model)
         search_log.append({"params": combo, f"val_{SELECTION_METRIC}": got,
-                           **({"trained": model.trained} if getattr(model, "trained", None) else {})})
+                           **({"trained": model.fitted().record} if model.fitted().record else {})})
         if got > kept["value"]:
             kept.update(value=got, model=model)
         return got
 
     chosen, _ = search(cls, fixed, value, log)
     best_model = kept["model"]
-    # A baseline may fix more while it trains (heater: its best epoch, `trained_edges` when that is the
-    # last epoch allowed): the test refit takes every setting.
-    edges = {**ladder_edges(cls, chosen, fixed), **getattr(best_model, "trained_edges", {})}
+    # A baseline may choose more while it trains (heater: its best epoch, an edge when that is the last
+    # epoch allowed): the test refit takes every setting of the fitted model.
+    edges = {**ladder_edges(cls, chosen, fixed), **best_model.fitted().edges}
     if which == "test":
         test_train = training_matrix(data, "test")
         check_split(cls, data, "test", test_train, part)
-        best_model = cls(**best_model.params).fit(Context(data, "test", test_train, item_embeddings, seed))
+        best_model = cls(**best_model.fitted().params).fit(Context(data, "test", test_train, item_embeddings, seed))
     fit_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     result = score_split(best_model, data.eval_split(which, part), seed=seed, **eval_kwargs)
     return {"model": f"baseline:{name}", "data": str(data.root), "split": which,
             **({"part": part or JOINT} if data.parts else {}), **result,
-            "params": {**best_model.params}, "search": search_log, "edges": edges, "fit_s": fit_s,
+            "params": best_model.fitted().params, "search": search_log, "edges": edges, "fit_s": fit_s,
             "score_s": time.perf_counter() - t1}
 
 

@@ -1,4 +1,4 @@
-"""What every baseline is: a scorer (beeray.evaluate.Scorer) that first learns from a training context.
+"""What every baseline is: a scorer (beeray.evaluator.Scorer) that first learns from a training context.
 
 The evaluator does not know which scorer it holds: a baseline ranks the split's candidates from the
 users' source histories exactly as the text encoder does (same users, same candidates, the user's
@@ -42,8 +42,18 @@ class Context:
         return np.asarray(self.train.sum(axis=0)).ravel()
 
 
+@dataclass(frozen=True)
+class Fitted:
+    """What a fit chose beyond the settings it was given: what the test refit and the results take."""
+
+    params: dict[str, Any]  # every setting of the fitted model: the given ones and any the fit chose
+    edges: dict[str, str] = field(default_factory=dict)  # choices on an end of what the fit could choose
+    record: dict[str, Any] = field(default_factory=dict)  # how it chose (heater: best epoch, its curve)
+
+
 class Baseline:
-    """A baseline: `fit(context)` once, then `scores(source, candidates)` for batches of users.
+    """A baseline: `fit(context)` once, then `scores(source, candidates)` for batches of users, and
+    `fitted()` for what fitting chose (most baselines choose nothing: their params as given).
 
     Subclasses set `name`, `needs` ("interactions": scores come from the candidates' training
     interactions, so it cannot rank cold items; "text": scores come from item texts), `grid`, one
@@ -68,6 +78,11 @@ class Baseline:
     def scores(self, source: sp.csr_matrix, candidates: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def fitted(self) -> Fitted:
+        """The settings a refit takes to train this model again, and what fitting chose on its own
+        (a baseline trained in epochs keeps its best validation epoch: heater)."""
+        return Fitted(params=dict(self.params))
+
     @classmethod
     def start(cls) -> dict[str, Any]:
         """Where the search starts: each ladder at its default (the ladder's middle when it has none)."""
@@ -79,7 +94,7 @@ def dense_columns(scores: sp.spmatrix, candidates: np.ndarray) -> np.ndarray:
     return np.asarray(sp.csr_matrix(scores)[:, candidates].todense(), dtype=np.float64)
 
 
-__all__ = ["Baseline", "Context", "dense_columns"]
+__all__ = ["Baseline", "Context", "Fitted", "dense_columns"]
 
 
 def binary(x: sp.spmatrix) -> sp.csr_matrix:

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 
 from beeray.baselines.base import Baseline, Context
 from beeray.baselines.text_popularity import predicted_popularity
-from beeray.evaluate import CBFScorer
+from beeray.evaluator import CBFScorer
 
 
 class CBFPopularity(Baseline):

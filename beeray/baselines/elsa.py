@@ -14,7 +14,7 @@ The loss is invariant to a positive scale of each row, so with or without it the
 same. (The paper's MovieLens reproduction, branch reproduce_movielens of the ELSA repository, is
 another model: a He-normal start, a ReLU in the trained forward and a cosine loss, elsa.py 9, 41, 71.)
 
-Scoring is beeray's, exactly like a text encoder's embeddings: relu(x Â Âᵀ − x) (beeray.evaluate.
+Scoring is beeray's, exactly like a text encoder's embeddings: relu(x Â Âᵀ − x) (beeray.evaluator.
 CBFScorer). It is the collaborative twin of the CBF path, and the CF space Heater maps texts into.
 
 Cost: an epoch is ~3 x n_users x n_items x factors flops plus one NAdam step over A per batch: tens
@@ -31,7 +31,7 @@ import scipy.sparse as sp
 import torch
 
 from beeray.baselines.base import Baseline, Context
-from beeray.evaluate import CBFScorer
+from beeray.evaluator import CBFScorer
 
 
 class ELSA(Baseline):

@@ -30,7 +30,7 @@ and report the test metrics of the epoch with the best validation score so far (
 136-143, the sum of recall@20/50/100). Here, fitted for the validation search (`ctx.validate` set), the
 model trains up to `epochs` (100), scores the validation split (the search's NDCG@100) after every
 `eval_every`-th epoch (1, theirs) and after the last, keeps the best epoch's weights and item vectors,
-restores them at the end and writes that epoch count into `params["epochs"]` (`trained` keeps the
+restores them at the end, and `fitted()` gives that epoch count as the refit's `epochs` (with the
 curve). Without `ctx.validate` (the test refit on train + validation) it trains exactly
 `params["epochs"]` epochs. The initial weights come from the seed, the learning-rate steps from the
 epoch index only, and scoring validation draws nothing from the training's random generators and
@@ -80,7 +80,7 @@ import torch
 from torch import nn
 
 from beeray.baselines.als import ALS
-from beeray.baselines.base import Baseline, Context
+from beeray.baselines.base import Baseline, Context, Fitted
 
 
 def _standardize(x: np.ndarray, clip: float, rows: np.ndarray | None = None):
@@ -222,7 +222,7 @@ class Heater(Baseline):
         p = self.params
         gen = torch.Generator().manual_seed(ctx.seed)
         rng = np.random.default_rng(ctx.seed)
-        self.trained_edges, self.trained, self._user_cache = {}, {}, {}
+        self._fitted, self._user_cache = Fitted(params=dict(p)), {}
         warm = np.flatnonzero(ctx.train_counts > 0)
         user_cf, item_cf = self._fit_backbone(ctx, warm)
         self.user_transform = _standardize(user_cf, clip=5.0)
@@ -264,13 +264,19 @@ class Heater(Baseline):
         self.net.load_state_dict(best["state"])
         self.net.eval()
         self.item_vectors = best["vectors"]
-        self.params["epochs"] = best["epoch"]  # the test refit trains exactly these epochs
+        edges = {}
         if best["epoch"] == epochs:
-            self.trained_edges = {"epochs": "high"}  # the last epoch allowed: an edge
+            edges = {"epochs": "high"}  # the last epoch allowed: an edge
         elif best["epoch"] == min(every, epochs):
-            self.trained_edges = {"epochs": "low"}  # the first validation: nothing earlier was scored
-        self.trained = {"best_epoch": best["epoch"], "epochs_trained": len(self.losses), "val_ndcg@100": curve}
+            edges = {"epochs": "low"}  # the first validation: nothing earlier was scored
+        # the test refit trains exactly the best epoch's count
+        self._fitted = Fitted(params={**p, "epochs": best["epoch"]}, edges=edges,
+                              record={"best_epoch": best["epoch"], "epochs_trained": len(self.losses),
+                                      "val_ndcg@100": curve})
         return self
+
+    def fitted(self) -> Fitted:
+        return getattr(self, "_fitted", None) or super().fitted()  # before a fit: the settings given
 
     def _epoch(self, u: torch.Tensor, pos_users: np.ndarray, pos_items: np.ndarray, warm: np.ndarray,
                opt: torch.optim.Optimizer, gen: torch.Generator, rng: np.random.Generator) -> float:

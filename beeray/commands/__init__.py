@@ -6,9 +6,31 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
+from beeray import files
 from beeray.errors import BeerayError
 from beeray.models import DEFAULT_MODEL
 from beeray.training_record import ALLOW_FLAG, RECORD
+
+
+def path_arg(what: str, kind: type = str, urls: bool = False):
+    """An argparse `type` for a path: local only (`local_path`), so that a URL fails before anything
+    runs, unless `urls` (then an object-storage URL is accepted too and checked by `remote_fs`); the
+    value comes back as `kind` (str or Path; a URL always as str)."""
+    def parse(value: str):
+        try:
+            if urls and files.is_url(value):
+                scheme = value.split("://", 1)[0].lower()
+                if scheme not in files.SCHEMES:  # checked without the network; the store itself is reached later
+                    raise BeerayError(f"{what} {value}: not a storage URL pyarrow can open "
+                                      f"(schemes: {', '.join(sorted(files.SCHEMES))})")
+                return value.rstrip("/")
+            files.local_path(value, what)
+        except BeerayError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{what} ")) from None
+        return kind(value)
+
+    return parse
+
 
 MARK = "(!)"  # a table row scored on cold items its model trained on (--allow-trained-items)
 
@@ -46,11 +68,6 @@ def add_catalog_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true", help="let the model run its own code")
 
 
-def eval_kwargs(args) -> dict:
-    """The evaluator's keyword arguments from the shared options."""
-    return {"batch_users": args.batch_users, "bootstrap": args.bootstrap, "seed": args.seed}
-
-
 def baseline_params(args) -> dict[str, dict]:
     """--param NAME.KEY=VALUE grouped by baseline (each NAME must be one of the --baseline)."""
     from beeray.baselines import get, parse_params
@@ -67,88 +84,14 @@ def baseline_params(args) -> dict[str, dict]:
     return {name: parse_params(name, settings) for name, settings in pairs.items()}
 
 
-def eval_targets(datasets: dict) -> dict[str, tuple]:
-    """What gets one result per model: label -> (prepared folder, part). A single-dataset folder is
-    scored whole under its label; a multi-dataset (goodlens) folder once per dataset, "<label>:<dataset>"
-    (that dataset's users, its own cold items as candidates), then whole, "<label>:joint"."""
-    from beeray.evaluate import JOINT
+def run_evaluations(args, datasets: dict, which: str, per_user: bool = False) -> tuple[dict[str, dict], dict[str, dict]]:
+    """beeray.comparison.score_rows with the shared options of `evaluate` and `compare`."""
+    from beeray.comparison import score_rows
 
-    targets: dict[str, tuple] = {}
-    for label, data in datasets.items():
-        if not data.parts:
-            targets[label] = (data, None)
-            continue
-        targets.update({f"{label}:{part}": (data, part) for part in data.parts})
-        targets[f"{label}:{JOINT}"] = (data, None)
-    return targets
-
-
-def run_evaluations(args, datasets: dict, which: str, log: Callable[[str], None] = print,
-                    per_user: bool = False) -> tuple[dict[str, dict], dict[str, dict]]:
-    """({row name: {target label: result}}, {target label: popularity oracle}) for every --model and
-    --baseline on every target of every dataset (eval_targets), all through the same evaluator. A model
-    that trained on the cold items of a target is refused before anything runs (beeray/training_record.py).
-    per_user: every result also keeps its users' metric values (for paired comparisons)."""
-    from beeray import training_record
-    from beeray.baselines import BASELINES, check_split, evaluate_baseline, get, training_matrix
-    from beeray.baselines.oracle import PopularityOracle
-    from beeray.evaluate import encode_items, evaluate_models, score_split
-    from beeray.models import load_model
-
-    params = baseline_params(args)
-    scoring = {**eval_kwargs(args), "keep_per_user": per_user}
-    targets = eval_targets(datasets)
-    for data, part in targets.values():  # a part an older goodlens folder lacks fails before any model loads
-        data.cold_items(which, part)
-    for name in params:  # a baseline that cannot run on a dataset fails before anything is computed
-        for data, part in targets.values():
-            for split in ("val", which):
-                check_split(get(name), data, split, training_matrix(data, split), part)
-    models = list(dict.fromkeys(args.model or ([] if params else [DEFAULT_MODEL])))
-    text_model = args.text_model or (models[0] if models else DEFAULT_MODEL)
-    text_baselines = [name for name in params if BASELINES[name].needs == "text"]
-    trained = training_record.check(models + ([text_model] if text_baselines else []), targets, which,
-                                    allow=getattr(args, "allow_trained_items", False))
-    rows = evaluate_models(models, targets, which, device=args.device, batch_size=args.batch_size,
-                           **scoring)
-    encoder = []  # loaded once, on first use by a text baseline
-
-    def embeddings_of(data) -> Callable:
-        cache: list = []
-
-        def embeddings():
-            if not cache:
-                if not encoder:
-                    encoder.append(load_model(text_model, device=args.device))
-                log(f"encoding {data.n_items} item texts of {data.root} with {text_model} for the text baselines")
-                cache.append(encode_items(encoder[0], data.texts, batch_size=args.batch_size, show_progress=False))
-            return cache[0]
-        return embeddings
-
-    item_embeddings = {id(data): embeddings_of(data) for data in datasets.values()}  # a folder's parts share them
-    for name, fixed in params.items():
-        per = rows.setdefault(f"baseline:{name}", {})
-        for label, (data, part) in targets.items():
-            log(f"evaluating baseline {name} on {label} ({which})")
-            per[label] = evaluate_baseline(name, data, which, params=fixed, part=part, log=log,
-                                           item_embeddings=item_embeddings[id(data)], **scoring)
-            if name in text_baselines:
-                per[label]["text_model"] = text_model
-    # Label what a model scored on cold items it trained on (only reached with --allow-trained-items).
-    for row, per in rows.items():
-        counts = trained.get(text_model if row.removeprefix("baseline:") in text_baselines else row, {})
-        for label, res in per.items():
-            if label in counts:
-                data, part = targets[label]
-                res["trained_cold_items"] = counts[label]
-                res["cold_items"] = int(data.cold_items(which, part).size)
-    oracle = {}
-    for label, (data, part) in targets.items():
-        split = data.eval_split(which, part)
-        oracle[label] = score_split(PopularityOracle(split.target), split, **scoring)
-        for res in [oracle[label], *(per[label] for per in rows.values())]:
-            res["split_digest"] = data.split_digest  # which split a result was scored on, by content
-    return rows, oracle
+    return score_rows(datasets, which, models=args.model or (), baselines=baseline_params(args),
+                      text_model=args.text_model, device=args.device, batch_size=args.batch_size,
+                      batch_users=args.batch_users, bootstrap=args.bootstrap, seed=args.seed,
+                      keep_per_user=per_user, allow_trained_items=getattr(args, "allow_trained_items", False))
 
 
 def print_tables(rows: dict[str, dict], oracle: dict[str, dict], which: str, title: Callable[[str], str]) -> None:

@@ -6,10 +6,9 @@ import argparse
 from pathlib import Path
 
 from beeray import artifacts, files
-from beeray.commands import add_eval_options, eval_targets, print_tables, run_evaluations
-from beeray.errors import BeerayError
-from beeray.files import path_arg
-from beeray.models import DEFAULT_MODEL
+from beeray.commands import add_eval_options, print_tables, run_evaluations
+from beeray.comparison import ALPHA, check_references, dataset_labels, eval_targets, paired_table, row_names
+from beeray.commands import path_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,29 +37,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-ALPHA = 0.05  # family-wise error rate of one table's paired verdicts (Holm)
-
-
-def paired_table(results: dict[str, dict], reference: str, labels: list[str], n_boot: int, seed: int) -> dict:
-    """{target: {row: {metric: diff, stderr, z, p, p_holm, verdict}}}: each row minus the reference row on
-    the same users; Holm's adjustment runs over every (row, metric) comparison of one target's table."""
-    from beeray.evaluate import holm, paired_differences
-    from beeray.metrics import METRICS
-
-    out: dict[str, dict] = {}
-    for label in labels:
-        ref = results[reference][label]
-        per = {row: paired_differences(res[label], ref, n_boot, seed)
-               for row, res in results.items() if row != reference}
-        family = [(row, m) for row in per for m in METRICS]
-        for (row, m), q in zip(family, holm([per[row][m]["p"] for row, m in family])):
-            cell = per[row][m]
-            cell["p_holm"] = q
-            cell["verdict"] = ("no clear difference" if q >= ALPHA else "better" if cell["diff"] > 0 else "worse")
-        out[label] = per
-    return out
-
-
 def print_paired(paired: dict, reference: str) -> None:
     from beeray.metrics import METRICS
 
@@ -73,16 +49,6 @@ def print_paired(paired: dict, reference: str) -> None:
         for row, cells in per.items():
             print(f"  {row}: " + "; ".join(f"{m} {c['diff']:+.4f} ± {c['stderr']:.4f} ({c['verdict']}, p_holm "
                                           f"{c['p_holm']:.2g})" for m, c in ((m, cells[m]) for m in METRICS)))
-
-
-def dataset_labels(paths: list[Path], datasets: list) -> list[str]:
-    """Column prefix per dataset: stats.json's name, falling back to the folder name on clashes."""
-    names = [str((getattr(d, "stats", None) or {}).get("dataset") or p.name) for p, d in zip(paths, datasets)]
-    if len(set(names)) < len(names):
-        names = [p.name for p in paths]
-    if len(set(names)) < len(names):
-        names = [str(p) for p in paths]
-    return names
 
 
 def table_rows(results: dict[str, dict], labels: list[str]) -> list[dict]:
@@ -104,12 +70,9 @@ def run(args) -> int:
     loaded = [PreparedData.load(p) for p in args.data]
     labels = dataset_labels(args.data, loaded)
     datasets = dict(zip(labels, loaded))
-    rows = [*dict.fromkeys(args.model or ([] if args.baseline else [DEFAULT_MODEL])),
-            *(f"baseline:{name}" for name in dict.fromkeys(args.baseline or []))]
+    rows = row_names(args.model or (), dict.fromkeys(args.baseline or []))
     references = list(dict.fromkeys(args.reference or rows[:1]))
-    for reference in references:  # before anything is computed
-        if reference not in rows:
-            raise BeerayError(f"--reference {reference}: not a row of this table (rows: {', '.join(rows)})")
+    check_references(references, rows)
     results, oracle = run_evaluations(args, datasets, args.split, per_user=True)
     paired = {ref: paired_table(results, ref, list(oracle), args.bootstrap, args.seed) for ref in references}
     for res in [*oracle.values(), *(r for per in results.values() for r in per.values())]:

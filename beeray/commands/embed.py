@@ -1,11 +1,11 @@
-"""`beeray embed`: a model's embeddings of any catalog, through Ray Data (beeray/embed.py)."""
+"""`beeray embed`: a model's embeddings of any catalog, through Ray Data (beeray/embedding.py)."""
 
 from __future__ import annotations
 
 import argparse
 
 from beeray.commands import add_catalog_options
-from beeray.files import path_arg
+from beeray.commands import path_arg
 from beeray.models import DEFAULT_MODEL
 
 
@@ -52,7 +52,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from beeray.data.items import read_item_texts
-    from beeray.embed import embed
+    from beeray.embedding import embed
 
     items = read_item_texts(args.items, args.id_column, args.text_column, args.bad_rows)
     for problem in items.skipped[:20]:

@@ -10,7 +10,7 @@ import json
 
 from beeray import artifacts, files
 from beeray.commands import add_eval_options, print_tables, run_evaluations
-from beeray.files import path_arg
+from beeray.commands import path_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:

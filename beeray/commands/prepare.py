@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from beeray.data.loaders import DATASETS, GenericColumns
-from beeray.data.prepare import PrepareOptions, format_stats, prepare
+from beeray.data.prepare import format_stats
 from beeray.errors import BeerayError
-from beeray import files
-from beeray.files import path_arg
+from beeray.commands import path_arg
 
 EPILOG = """\
 datasets and their --input:
@@ -86,40 +86,33 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from beeray.api import prepare_folder
+
     inputs = args.input or []
-    path, named = None, None
     if args.dataset == "goodlens":
-        named = {}
+        source: str | dict | None = {}
         for spec in inputs:
             if "=" not in spec:
                 raise BeerayError(f"goodlens: --input {spec!r} must be KIND=PATH, e.g. goodbooks=data/goodbooks")
             name, _, value = spec.partition("=")
-            if name in named:
+            if name in source:
                 raise BeerayError(f"goodlens: dataset {name!r} given twice")
-            named[name] = value
+            source[name] = value
     else:
         if len(inputs) > 1:
             raise BeerayError(f"{args.dataset}: --input given {len(inputs)} times (only goodlens takes several)")
-        path = inputs[0] if inputs else None
-    out = args.out or f"data/{args.dataset}"
-    options = PrepareOptions(split=args.split, val_items=args.val_items, test_items=args.test_items,
-                             seed=args.seed, min_rating=args.min_rating,
-                             min_user_interactions=args.min_user_interactions,
-                             val_frac=args.val_frac, test_frac=args.test_frac)
+        source = inputs[0] if inputs else None
     columns = GenericColumns(user=args.user_col, item=args.item_col, rating=args.rating_col,
                              timestamp=args.time_col, item_key=args.item_key, text=args.text_col)
-    url = files.is_url(out)
-    result = prepare(args.dataset, files.output_dir(out) if url else out, path, args.items, inputs=named,
-                     options=options,
-                     columns=columns if args.dataset in ("generic", "goodlens") else None,
-                     force=args.force, synthetic_seed=args.synthetic_seed,
-                     synthetic_size=tuple(args.synthetic_size) if args.synthetic_size else None,
-                     split_items=args.split_items)
-    if url and not (result.up_to_date and files.remote_exists(out, files.MARKER)):
-        files.publish(result.out, out)  # prepared in its staging folder; uploaded, marker last
+    result, where = prepare_folder(
+        args.dataset, args.out, source, items=args.items, split=args.split, val_items=args.val_items,
+        test_items=args.test_items, val_frac=args.val_frac, test_frac=args.test_frac, seed=args.seed,
+        split_items=args.split_items, min_rating=args.min_rating, min_user_interactions=args.min_user_interactions,
+        columns=dataclasses.asdict(columns) if args.dataset in ("generic", "goodlens") else None, synthetic_seed=args.synthetic_seed, synthetic_size=args.synthetic_size,
+        force=args.force)
     if result.up_to_date:
-        print(f"{out if url else result.out}: up to date (fingerprint {result.stats.get('fingerprint')}); --force to rebuild")
+        print(f"{where}: up to date (fingerprint {result.stats.get('fingerprint')}); --force to rebuild")
         return 0
     print(format_stats(result.stats))
-    print(f"wrote {out if url else result.out}", file=sys.stderr)
+    print(f"wrote {where}", file=sys.stderr)
     return 0

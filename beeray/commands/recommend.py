@@ -1,4 +1,4 @@
-"""`beeray recommend`: the top-k items for a history, with their texts (beeray/recommend.py)."""
+"""`beeray recommend`: the top-k items for a history, with their texts (beeray/recommender.py)."""
 
 from __future__ import annotations
 
@@ -41,30 +41,11 @@ def _short(text: str) -> str:
 def run(args) -> int:
     from beeray.artifacts import text_table
     from beeray.errors import BeerayError
-    from beeray.recommend import recommend
+    from beeray.recommender import catalog_embeddings, recommend
 
-    items = None
-    if args.items:
-        from beeray.data.items import read_item_texts
-
-        items = read_item_texts(args.items, args.id_column, args.text_column, bad_rows="skip")
-    if args.embeddings:
-        from beeray.embed import load_embeddings
-
-        ids, emb = load_embeddings(args.embeddings, model=args.model)
-        source = args.embeddings
-    elif items is not None:
-        from beeray.evaluate import encode_items
-        from beeray.models import load_model
-
-        model = load_model(args.model or DEFAULT_MODEL, trust_remote_code=args.trust_remote_code)
-        from beeray.embed import BATCH_SIZE
-
-        emb = encode_items(model, items.texts, args.batch_size or BATCH_SIZE["cpu"], show_progress=False)
-        ids, source = items.ids, args.items
-    else:
-        raise BeerayError("give --items (to encode with --model, and for the texts) or --embeddings")
-    texts = dict(zip(items.ids, items.texts)) if items is not None else {}
+    texts, ids, emb, source = catalog_embeddings(model=args.model, items=args.items, embeddings=args.embeddings,
+                                                 id_column=args.id_column, text_column=args.text_column,
+                                                 batch_size=args.batch_size, trust_remote_code=args.trust_remote_code)
     if args.k <= 0:
         raise BeerayError(f"-k must be > 0, got {args.k}")
     recs = recommend(emb, ids, args.history, k=args.k, source=source)

@@ -6,7 +6,7 @@ import argparse
 
 from beeray.config import TrainConfig, parse_overrides, train_config
 from beeray.errors import BeerayError
-from beeray.files import path_arg
+from beeray.commands import path_arg
 
 # flag -> TrainConfig field; the flags users reach for most. Anything else: --set key=value.
 _FLAGS = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from beeray.files import path_arg
+from beeray.commands import path_arg
 
 
 def register(sub) -> None:
@@ -46,7 +46,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from beeray.artifacts import metrics_table, results_frame
     from beeray.config import load_tune_config
-    from beeray.tune import tune
+    from beeray.tuner import tune
 
     cfg = load_tune_config(args.config, args.out)
     if args.tracking_uri:

@@ -8,9 +8,9 @@ again with the same fingerprint is a no-op, a different one is refused unless `f
 
 from __future__ import annotations
 
+import logging
 import hashlib
 import json
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,13 +19,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from beeray import __version__
+from beeray.version import __version__
 from beeray.files import staged_dir, write_json, write_text
 from beeray.data.loaders import DATASETS, GenericColumns, RawDataset, load_dataset
 from beeray.data.prepared import SPLIT_ITEMS, split_digest
 from beeray.data.preprocess import Processed, combine, preprocess
 from beeray.data.splits import Split, item_split, time_split
 from beeray.errors import BeerayError
+
+log = logging.getLogger(__name__)
 
 # Bump when the folder layout or the preprocessing changes: old folders then count as different.
 FORMAT_VERSION = 1
@@ -312,7 +314,7 @@ def prepare(dataset: str, out: str | Path, source: str | Path | None = None, ite
     stats = build_stats(dataset, data, split, fp, options, in_paths)
     for w in data.warnings:
         if not quiet:
-            print(f"beeray prepare: warning: {w}", file=sys.stderr)
+            log.warning(f"beeray prepare: warning: {w}")
 
     with staged_dir(out) as tmp:
         write_prepared(tmp, data, split, stats)

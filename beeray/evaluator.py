@@ -15,6 +15,7 @@ narrowed to them with one pass over the block (top_k_rows), and the metrics read
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import TYPE_CHECKING, Protocol
@@ -26,6 +27,8 @@ from tqdm.auto import tqdm
 from beeray.errors import BeerayError
 from beeray.metrics import LARGEST_K, METRICS, STRATA, ranking_metrics
 from beeray.models import embedding_dim
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # the data layer is only needed for type hints here
     from beeray.data.prepared import EvalSplit, PreparedData
@@ -457,7 +460,7 @@ def evaluate_models(models: list[str], targets: dict[str, tuple["PreparedData", 
         for labels in by_data.values():
             data = targets[labels[0]][0]
             splits = {label: data.eval_split(which, targets[label][1]) for label in labels}
-            print(f"evaluating {name} on {', '.join(labels)} ({which})", flush=True)
+            log.info(f"evaluating {name} on {', '.join(labels)} ({which})")
             t0 = time.perf_counter()
             scorer = encoder_scorer(model, data, *splits.values(), batch_size=batch_size, show_progress=show_progress)
             encode_s = time.perf_counter() - t0

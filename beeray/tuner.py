@@ -29,12 +29,26 @@ from pathlib import Path
 
 from beeray import artifacts, files
 from beeray.artifacts import TrialRow
-from beeray.config import TrainConfig, TuneConfig, from_dict, to_dict
+from beeray.checkpoint import prepare_run_dir
+from beeray.config import SearchSpec, TrainConfig, TuneConfig, from_dict, to_dict
 from beeray.errors import BeerayError
 from beeray.metrics import VAL_METRICS
 
 TUNE_RUN = "tune"  # stable experiment name: --resume finds it
 FINAL_DIR = "final"
+
+
+def domain(spec: SearchSpec):
+    """A searched hyperparameter as Ray Tune's search space."""
+    from ray import tune
+
+    if spec.type == "loguniform":
+        return tune.loguniform(spec.low, spec.high)
+    if spec.type == "uniform":
+        return tune.uniform(spec.low, spec.high)
+    if spec.type == "randint":
+        return tune.randint(int(spec.low), int(spec.high))
+    return tune.choice(list(spec.values))
 
 
 def trial_config(base: TrainConfig, sampled: dict) -> TrainConfig:
@@ -85,7 +99,7 @@ def _tuner(cfg: TuneConfig, resume: bool, callbacks: list | None):
                                   reduction_factor=search.scheduler.reduction_factor)
     return ray.tune.Tuner(
         trainable,
-        param_space={s.name: s.domain() for s in cfg.space},
+        param_space={s.name: domain(s) for s in cfg.space},
         tune_config=ray.tune.TuneConfig(search_alg=OptunaSearch(sampler=optuna.samplers.TPESampler(seed=search.seed)),
                                         scheduler=scheduler, num_samples=search.num_samples,
                                         max_concurrent_trials=search.max_concurrent_trials, metric=search.metric,
@@ -100,7 +114,7 @@ def _prepare_out(cfg: TuneConfig, resume: bool) -> Path:
         now = json.loads(json.dumps(cfg.to_json()))
         return [f"changed: {k}" for k in sorted(now) if old.get(k) != now[k]]
 
-    return files.prepare_run_dir(cfg.train.out, state=f"ray/{TUNE_RUN}", config_file="tune_config.json",
+    return prepare_run_dir(cfg.train.out, state=f"ray/{TUNE_RUN}", config_file="tune_config.json",
                                      config=cfg.to_json(), resume=resume, conflicts=conflicts, what="search")
 
 
@@ -109,7 +123,7 @@ def run_search(cfg: TuneConfig, *, resume: bool = False, callbacks: list | None 
     from ray.tune import TuneError
 
     from beeray.data.prepared import PreparedData
-    from beeray.trainer import init_ray
+    from beeray.cluster import init_ray
 
     PreparedData.load(cfg.train.data)  # a missing or broken folder fails here, not in every trial
     out = _prepare_out(cfg, resume)
@@ -178,8 +192,7 @@ def finish(cfg: TuneConfig, result_grid, *, resume: bool = False, baseline: bool
     else:
         from beeray.trainer import RUN_NAME
 
-        done_before = files.remote_exists(final_dir, f"ray/{RUN_NAME}") if final.url else \
-            (Path(final_dir) / "ray").exists()
+        done_before = final.exists(f"ray/{RUN_NAME}")
         metrics = train(final_cfg, resume=resume and done_before, baseline=baseline,
                         tags={"beeray.search": str(cfg.train.out), "beeray.role": "final retrain"}).metrics
     best_epoch_row = next(h for h in best.history if int(h["epoch"]) == best.best_epoch)
@@ -203,14 +216,13 @@ def tune(cfg: TuneConfig, *, resume: bool | str = False, baseline: bool = True,
     alone while it runs (beeray.files.run_lock)."""
     from beeray.checkpoint import resolve_resume
 
-    if files.is_url(cfg.train.out):
-        files.preflight(str(cfg.train.out))
+    place = files.Folder(cfg.train.out)
+    place.preflight()
     with files.run_lock(cfg.train.out, "search"):
         resume = resolve_resume(cfg.train.out, f"ray/{TUNE_RUN}", resume, what="search")
         grid = run_search(cfg, resume=resume, callbacks=callbacks)
         result = finish(cfg, grid, resume=resume, baseline=baseline)
-        if files.is_url(cfg.train.out):  # final/ is published by its own run; the search's files, marker last
-            files.publish(result.out, cfg.train.out)
+        if place.publish(result.out) is not None:  # final/ is published by its own run; then the search's
             result.published = cfg.train.out
     return result
 

@@ -14,7 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from beeray.errors import BeerayError
-from beeray.evaluate import CBFScorer, top_k_rows
+from beeray.evaluator import CBFScorer, top_k_rows
 
 
 @dataclass
@@ -49,3 +49,34 @@ def recommend(item_emb: np.ndarray, ids: np.ndarray, history: list[str], k: int 
     scores = CBFScorer(item_emb).scores(x, candidates)
     top = top_k_rows(scores, min(k, candidates.size))[0]
     return [Recommendation(str(ids[candidates[c]]), float(scores[0, c]), int(candidates[c])) for c in top]
+
+
+def catalog_embeddings(*, model: str | None = None, items=None, embeddings=None, id_column: str = "item_id",
+                       text_column: str = "text", batch_size: int | None = None,
+                       trust_remote_code: bool = False) -> tuple[dict[str, str], np.ndarray, np.ndarray, str]:
+    """(texts by id, ids, unit-norm embeddings, where they came from) of a catalog: a `beeray embed`
+    folder (`embeddings`, checked against `model` when given), else `items` encoded with `model`."""
+    from beeray.models import DEFAULT_MODEL
+
+    catalog = None
+    if items is not None:
+        from beeray.data.items import read_item_texts
+
+        catalog = read_item_texts(items, id_column, text_column, bad_rows="skip")
+    if embeddings is not None:
+        from beeray.embedding import load_embeddings
+
+        ids, emb = load_embeddings(embeddings, model=model)
+        source = str(embeddings)
+    elif catalog is not None:
+        from beeray.embedding import BATCH_SIZE
+        from beeray.evaluator import encode_items
+        from beeray.models import load_model
+
+        encoder = load_model(model or DEFAULT_MODEL, trust_remote_code=trust_remote_code)
+        emb = encode_items(encoder, catalog.texts, batch_size or BATCH_SIZE["cpu"], show_progress=False)
+        ids, source = catalog.ids, str(items)
+    else:
+        raise BeerayError("give --items (to encode with --model, and for the texts) or --embeddings")
+    texts = dict(zip(catalog.ids, catalog.texts)) if catalog is not None else {}
+    return texts, ids, emb, source

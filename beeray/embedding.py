@@ -9,7 +9,9 @@ default), and tokenizes with its `cpus_per_worker` CPUs (the fast tokenizer's th
 the GPU is not left waiting for one CPU. Layout of OUT:
 
   embed.json                 what was embedded (model, catalog, shard size, dtype, each shard's
-                             digest), rows, dimension, items/s; "complete" once every shard exists
+                             digest), rows, dimension, items/s
+  _COMPLETE.json             written last, once every shard exists: the folder is finished (the
+                             same marker as every finished beeray output, beeray.files.MARKER)
   shards/part-00000.parquet  item_id (string), embedding (fixed-size list of float32 or float16,
                              unit L2 norm in float32 whatever the compute precision: the vectors
                              the evaluator's CBF scoring uses)
@@ -23,14 +25,15 @@ model is identified by its content (beeray.models.model_fingerprint, recorded in
 its path: a folder retrained in place is another model, and every shard is encoded again with it, so
 OUT never holds two models' vectors. One run writes OUT at a time (beeray.files.run_lock).
 On a cluster OUT must be storage that every node can write: object storage (s3://bucket/prefix, the
-actors upload their shards there; embed.json with "complete": true is written last, so a reader
-never takes a half-written OUT), or a shared file system.
+actors upload their shards there; _COMPLETE.json is written last, so a reader never takes a
+half-written OUT), or a shared file system.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -41,6 +44,8 @@ import pyarrow.parquet as pq
 from beeray import files
 from beeray.data.items import ItemTexts
 from beeray.errors import BeerayError
+
+logger = logging.getLogger(__name__)
 
 MANIFEST = "embed.json"
 SHARDS = "shards"
@@ -95,7 +100,7 @@ class ShardEncoder:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Unit-norm float32 rows of `texts`, the model's forward under this actor's autocast."""
-        from beeray.evaluate import encode_items
+        from beeray.evaluator import encode_items
         from beeray.precision import autocast
 
         with autocast(self.model.device, self.precision):
@@ -128,11 +133,12 @@ def plan(items: ItemTexts, shard_size: int) -> list[tuple[int, int, str]]:
 def embed(model: str, items: ItemTexts, out: str | Path, *, shard_size: int = 100_000, workers: int = 2,
           dtype: str = "float32", batch_size: int | None = None, use_gpu: bool = False,
           cpus_per_worker: int | None = None, precision: str = "auto", build_index: bool = False,
-          address: str | None = None, trust_remote_code: bool = False, log=print) -> dict:
+          address: str | None = None, trust_remote_code: bool = False, log=None) -> dict:
     """Embed `items` with `model` into OUT (see the module doc); returns the manifest.
 
     `batch_size` defaults to 64 texts on CPUs and 512 with `use_gpu`; `cpus_per_worker` (CPUs per
     encoder actor, which also tokenize) to 1 on CPUs and 4 with `use_gpu`."""
+    log = log or logger.info
     batch_size = batch_size or BATCH_SIZE["gpu" if use_gpu else "cpu"]
     cpus_per_worker = cpus_per_worker or (4 if use_gpu else 1)
     if shard_size <= 0 or workers <= 0 or batch_size <= 0 or cpus_per_worker <= 0:
@@ -141,8 +147,7 @@ def embed(model: str, items: ItemTexts, out: str | Path, *, shard_size: int = 10
         raise BeerayError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if precision not in PRECISIONS:
         raise BeerayError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if files.is_url(out):
-        files.preflight(str(out))
+    files.Folder(out).preflight()
     with files.run_lock(out, "embedding run"):  # one writer per OUT: two would mix their shards
         return _embed(model, items, files.Folder(out), shard_size=shard_size, workers=workers, dtype=dtype,
                       batch_size=batch_size, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker,
@@ -156,12 +161,12 @@ def _embed(model: str, items: ItemTexts, out: files.Folder, *, shard_size: int, 
     import ray
 
     from beeray.models import model_fingerprint, resolve_model
-    from beeray.trainer import init_ray
+    from beeray.cluster import init_ray
 
     shards = plan(items, shard_size)
     manifest = {"model": resolve_model(model), "model_fingerprint": model_fingerprint(model), "items": items.source,
                 "rows": len(items), "shard_size": shard_size, "dtype": dtype, "precision": precision,
-                "shards": [d for _, _, d in shards], "skipped_rows": len(items.skipped), "complete": False}
+                "shards": [d for _, _, d in shards], "skipped_rows": len(items.skipped)}
     exists = out.exists(MANIFEST)
     before = json.loads(out.read_text(MANIFEST)) if exists else {**manifest, "shards": []}
     if exists:
@@ -185,6 +190,7 @@ def _embed(model: str, items: ItemTexts, out: files.Folder, *, shard_size: int, 
         elif name.startswith("part-") and name.endswith(".parquet") and \
                 int(name.removeprefix("part-").removesuffix(".parquet")) not in done:
             out.delete(f"{SHARDS}/{name}")  # a shard of other texts, of another model, or beyond the catalog's end
+    out.delete(files.MARKER)  # being written again: no longer complete until this run's marker
     write_manifest(out, manifest)
     pending = [k for k in range(len(shards)) if k not in done]
     log(f"embedding {len(items):,} items in {len(shards)} shards of {shard_size:,}: {len(done)} already done, "
@@ -216,12 +222,13 @@ def _embed(model: str, items: ItemTexts, out: files.Folder, *, shard_size: int, 
         raise BeerayError(f"{out}: shards {missing[:5]} were not written; re-run to finish them")
     with out.open(shard_name(0)) as fh:
         dim = pq.read_schema(fh).field("embedding").type.list_size
-    manifest.update(complete=True, dim=int(dim), encoded_this_run=encoded, seconds_this_run=round(seconds, 3),
+    manifest.update(dim=int(dim), encoded_this_run=encoded, seconds_this_run=round(seconds, 3),
                     items_per_s=round(encoded / seconds, 1) if encoded else None)
     if build_index:
         write_index(out, len(shards))
         manifest["index"] = INDEX
-    write_manifest(out, manifest)  # "complete": true, written last
+    write_manifest(out, manifest)
+    out.mark_complete({"manifest": MANIFEST, "rows": manifest["rows"]})  # written last
     return manifest
 
 
@@ -239,7 +246,7 @@ def load_embeddings(out: str | Path, model: str | None = None) -> tuple[np.ndarr
         manifest = json.loads(out.read_text(MANIFEST))
     except ValueError as exc:
         raise BeerayError(f"{out}/{MANIFEST}: not valid JSON ({exc}); re-run `beeray embed`") from None
-    if not manifest.get("complete"):
+    if not out.is_complete():
         raise BeerayError(f"{out}: the embedding run did not finish; re-run `beeray embed` to complete it")
     if model is not None:
         from beeray.models import model_fingerprint

@@ -197,12 +197,9 @@ def model_card(model_dir: Path, cfg: dict, stats: dict, metrics: dict, model=Non
     trained model's test metrics as `model-index` and beeray's training record below. Offline: the card
     data is told never to look the base model or datasets up on the Hub. `model`: the loaded model,
     else it is loaded from `model_dir`."""
-    import yaml
-    from huggingface_hub import EvalResult, ModelCard
+    from huggingface_hub import ModelCard
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.model_card import generate_model_card
-
-    from beeray import training_record
 
     model_dir = Path(model_dir)
     if model is None:
@@ -227,21 +224,62 @@ def model_card(model_dir: Path, cfg: dict, stats: dict, metrics: dict, model=Non
     card.citations = {**card.citations, "beeFormer": BEEFORMER_BIBTEX}
     text = generate_model_card(model)
 
-    # model-index: sentence-transformers builds it only from its own evaluators, so the metrics go
-    # in through huggingface_hub's EvalResult (which also validates them when the card is loaded).
-    trained = metrics.get("trained", {})
-    split_name = "test" if "test" in trained else "val" if "val" in trained else None
-    results = [] if split_name is None else [
-        EvalResult(task_type=CARD_TASK, task_name="Cold-start recommendation (beeray)", dataset_type=dataset,
-                   dataset_name=dataset, dataset_config=f"{kind} split",
-                   dataset_split="test" if split_name == "test" else "validation",
-                   metric_type=m.replace("@", "_at_"), metric_name=m, metric_value=float(trained[split_name][m]))
-        for m in METRICS]
+    results = card_eval_results(metrics, dataset, kind)
     hub = ModelCard(text)
     if results:
         hub.data.model_name = card.model_name
         hub.data.eval_results = results
 
+    lines = card_training_section(model_dir, cfg, stats, metrics, dataset, parts, fingerprint, kept, split_digest)
+    hub.text = hub.text.rstrip("\n") + "\n" + "\n".join(lines) + "\n"
+    content = str(hub)
+    ModelCard(content)  # parses the metadata back (model-index included): raises rather than write a bad card
+    readme = model_dir / "README.md"
+    write_text(readme, content)
+    return readme
+
+
+# ---------------------------------------------------------------- a search's results (beeray tune)
+
+@dataclass
+class TrialRow:
+    trial_id: str
+    config: dict
+    history: list[dict]  # one row per epoch with the validation metrics
+    status: str
+    time_s: float | None
+    error: str | None
+    best: float | None = None
+    best_epoch: int | None = None
+
+
+
+def card_eval_results(metrics: dict, dataset: str, kind: str) -> list:
+    """The trained model's test (else validation) metrics as huggingface_hub EvalResults: the card's
+    model-index. sentence-transformers builds one only from its own evaluators, so the metrics go in
+    through huggingface_hub's EvalResult (which also validates them when the card is loaded)."""
+    from huggingface_hub import EvalResult
+
+    trained = metrics.get("trained", {})
+    split_name = "test" if "test" in trained else "val" if "val" in trained else None
+    return [] if split_name is None else [
+        EvalResult(task_type=CARD_TASK, task_name="Cold-start recommendation (beeray)", dataset_type=dataset,
+                   dataset_name=dataset, dataset_config=f"{kind} split",
+                   dataset_split="test" if split_name == "test" else "validation",
+                   metric_type=m.replace("@", "_at_"), metric_name=m, metric_value=float(trained[split_name][m]))
+        for m in METRICS]
+
+
+def card_training_section(model_dir: Path, cfg: dict, stats: dict, metrics: dict, dataset: str, parts: list[str],
+                          fingerprint: str | None, kept: dict | None, split_digest: str | None) -> list[str]:
+    """The card's "beeray training" section: what the model trained on and what it withheld, the split's
+    digest, the kept epoch, the fingerprint, the training record, the metrics table and the recipe."""
+    import yaml
+
+    from beeray import training_record
+
+    split = stats.get("split", {})
+    kind = split.get("kind", "item")
     if kind == "item":
         withheld = int(split.get("test_items", 0)) + (0 if cfg.get("full_train") else int(split.get("val_items", 0)))
         cold = (f"{withheld} cold items withheld from training ("
@@ -282,26 +320,7 @@ def model_card(model_dir: Path, cfg: dict, stats: dict, metrics: dict, model=Non
                 lines.append(f"| {who} | {name} | " + " | ".join(f"{res[m]:.4f}" for m in METRICS) + " |")
     lines += ["", "### Recipe (beeray TrainConfig)", "", "```yaml",
               yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False).rstrip(), "```"]
-    hub.text = hub.text.rstrip("\n") + "\n" + "\n".join(lines) + "\n"
-    content = str(hub)
-    ModelCard(content)  # parses the metadata back (model-index included): raises rather than write a bad card
-    readme = model_dir / "README.md"
-    write_text(readme, content)
-    return readme
-
-
-# ---------------------------------------------------------------- a search's results (beeray tune)
-
-@dataclass
-class TrialRow:
-    trial_id: str
-    config: dict
-    history: list[dict]  # one row per epoch with the validation metrics
-    status: str
-    time_s: float | None
-    error: str | None
-    best: float | None = None
-    best_epoch: int | None = None
+    return lines
 
 
 def _error_summary(error: Any) -> str:

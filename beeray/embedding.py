@@ -155,18 +155,10 @@ def embed(model: str, items: ItemTexts, out: str | Path, *, shard_size: int = 10
                       trust_remote_code=trust_remote_code, log=log)
 
 
-def _embed(model: str, items: ItemTexts, out: files.Folder, *, shard_size: int, workers: int, dtype: str,
-           batch_size: int, use_gpu: bool, cpus_per_worker: int, precision: str, build_index: bool,
-           address: str | None, trust_remote_code: bool, log) -> dict:
-    import ray
-
-    from beeray.models import model_fingerprint, resolve_model
-    from beeray.cluster import init_ray
-
-    shards = plan(items, shard_size)
-    manifest = {"model": resolve_model(model), "model_fingerprint": model_fingerprint(model), "items": items.source,
-                "rows": len(items), "shard_size": shard_size, "dtype": dtype, "precision": precision,
-                "shards": [d for _, _, d in shards], "skipped_rows": len(items.skipped)}
+def reusable_shards(out: files.Folder, manifest: dict, shards: list[tuple[int, int, str]], log) -> set[int]:
+    """The shards an earlier run of this command left in OUT that this one keeps: same shard size, dtype,
+    precision and model (by content), same texts (by digest). Every other shard file is deleted, so OUT
+    never holds two models' vectors; another shard size, dtype or precision is refused."""
     exists = out.exists(MANIFEST)
     before = json.loads(out.read_text(MANIFEST)) if exists else {**manifest, "shards": []}
     if exists:
@@ -190,6 +182,22 @@ def _embed(model: str, items: ItemTexts, out: files.Folder, *, shard_size: int, 
         elif name.startswith("part-") and name.endswith(".parquet") and \
                 int(name.removeprefix("part-").removesuffix(".parquet")) not in done:
             out.delete(f"{SHARDS}/{name}")  # a shard of other texts, of another model, or beyond the catalog's end
+    return done
+
+
+def _embed(model: str, items: ItemTexts, out: files.Folder, *, shard_size: int, workers: int, dtype: str,
+           batch_size: int, use_gpu: bool, cpus_per_worker: int, precision: str, build_index: bool,
+           address: str | None, trust_remote_code: bool, log) -> dict:
+    import ray
+
+    from beeray.models import model_fingerprint, resolve_model
+    from beeray.cluster import init_ray
+
+    shards = plan(items, shard_size)
+    manifest = {"model": resolve_model(model), "model_fingerprint": model_fingerprint(model), "items": items.source,
+                "rows": len(items), "shard_size": shard_size, "dtype": dtype, "precision": precision,
+                "shards": [d for _, _, d in shards], "skipped_rows": len(items.skipped)}
+    done = reusable_shards(out, manifest, shards, log)
     out.delete(files.MARKER)  # being written again: no longer complete until this run's marker
     write_manifest(out, manifest)
     pending = [k for k in range(len(shards)) if k not in done]

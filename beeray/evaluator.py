@@ -310,28 +310,44 @@ def score_split(
     scored; they are added to split.excluded_users.
     """
     source = sp.csr_matrix(split.source, dtype=np.float64)
-    target = sp.csr_matrix(split.target, dtype=np.float64)
     # Everything below works in this shuffled candidate order (metrics do not depend on the order of
     # the columns); top_k_rows breaks ties by the lower column, i.e. by this random order.
     cand = np.asarray(split.candidates, dtype=np.int64)
     if ties_seed is not None:
         cand = cand[np.random.default_rng(ties_seed).permutation(cand.size)]
-    y_true_all = sp.csr_matrix(target[:, cand])
-    y_true_all.sum_duplicates()
-    y_true_all.data[:] = 1.0
-
-    keep = (np.diff(source.indptr) > 0) & (np.diff(y_true_all.indptr) > 0)
+    y_true = sp.csr_matrix(sp.csr_matrix(split.target, dtype=np.float64)[:, cand])
+    y_true.sum_duplicates()
+    y_true.data[:] = 1.0
+    keep = (np.diff(source.indptr) > 0) & (np.diff(y_true.indptr) > 0)
     rows = np.flatnonzero(keep)
-    excluded = int(split.excluded_users) + int((~keep).sum())
-    n_targets = np.diff(y_true_all.indptr)
+    n_targets = np.diff(y_true.indptr)
     per_user = np.zeros((len(rows), len(METRICS)))
     top20 = np.zeros((len(rows), min(20, cand.size)), dtype=np.int64)
     top20_valid = np.zeros(top20.shape, dtype=bool)
+    for start, batch, top, valid in ranked_batches(scorer, source, rows, cand, batch_users, exclude_source,
+                                                   show_progress):
+        done = slice(start, start + len(batch))
+        top20[done], top20_valid[done] = top[:, :top20.shape[1]], valid[:, :top20.shape[1]]
+        per_user[done] = ranking_metrics(target_hits(y_true[batch], top, valid), n_targets[batch])
+    result = summary(per_user, bootstrap, seed)
+    result["excluded_users"] = int(split.excluded_users) + int((~keep).sum())
+    result["popularity"] = popularity_report(y_true[rows], top20, top20_valid)
+    if keep_per_user:
+        result["per_user"] = {"users": split.user[rows].tolist(),
+                              **{name: per_user[:, j].tolist() for j, name in enumerate(METRICS)}}
+    return result
 
-    # Two batch sizes: the metrics run on `batch_users` users at a time, while the scorer and the ranking see at most MAX_BLOCK scores at once (16 users when every one
-    # of 10^6 items is a candidate). Each user's metrics depend on that user's ranking only. (The
-    # float64 product itself can differ in the last bit with the number of users per product: with
-    # this machine's OpenBLAS, 1 user goes through gemv; at 10^6 candidates 2-44 users give the same bits.)
+
+def ranked_batches(scorer: Scorer, source: sp.csr_matrix, rows: np.ndarray, cand: np.ndarray, batch_users: int,
+                   exclude_source: bool, show_progress: bool):
+    """(offset, users, top-k candidate positions, whether each is a real score) per batch of `batch_users`
+    of the users `rows`, ranked by `scorer`; a user's own items among the candidates never rank.
+
+    Two batch sizes: the metrics run on `batch_users` users at a time, while the scorer and the ranking
+    see at most MAX_BLOCK scores at once (16 users when every one of 10^6 items is a candidate). Each
+    user's metrics depend on that user's ranking only. (The float64 product itself can differ in the
+    last bit with the number of users per product: with OpenBLAS, 1 user goes through gemv; at 10^6
+    candidates 2-44 users give the same bits.)"""
     score_users = max(1, min(batch_users, MAX_BLOCK // max(cand.size, 1)))
     cand_pos = candidate_positions(cand, source.shape[1]) if exclude_source else None
     k = min(TOP_N, cand.size)
@@ -342,37 +358,35 @@ def score_split(
         valid = np.zeros(top.shape, dtype=bool)
         for sub in range(0, len(batch), score_users):
             users = batch[sub:sub + score_users]
-            x = source[users]
-            scores = np.asarray(scorer.scores(x, cand), dtype=np.float64)
-            if scores.shape != (len(users), cand.size):
-                raise BeerayError(f"{type(scorer).__name__} returned scores of shape {scores.shape}, "
-                                  f"expected {(len(users), cand.size)} (users x candidates)")
-            if exclude_source:
-                r, c, v = in_candidates(x, cand, cand_pos)
-                scores[r[v != 0], c[v != 0]] = -np.inf
+            scores = block_scores(scorer, source[users], cand, cand_pos if exclude_source else None)
             part = slice(sub, sub + len(users))
             top[part] = top_k_rows(scores, k)
             valid[part] = np.isfinite(np.take_along_axis(scores, top[part], axis=1))
             del scores  # else the next block is allocated before this one is freed
             progress.update(len(users))
-        top20[start:start + len(batch)] = top[:, :top20.shape[1]]
-        top20_valid[start:start + len(batch)] = valid[:, :top20.shape[1]]
-        hits = target_hits(y_true_all[batch], top, valid)
-        per_user[start:start + len(batch)] = ranking_metrics(hits, n_targets[batch])
+        yield start, batch, top, valid
     progress.close()
 
-    n = len(rows)
+
+def block_scores(scorer: Scorer, x: sp.csr_matrix, cand: np.ndarray, cand_pos: np.ndarray | None) -> np.ndarray:
+    """The scorer's users x candidates scores, checked, with each user's own items (`cand_pos` given) at -inf."""
+    scores = np.asarray(scorer.scores(x, cand), dtype=np.float64)
+    if scores.shape != (x.shape[0], cand.size):
+        raise BeerayError(f"{type(scorer).__name__} returned scores of shape {scores.shape}, "
+                          f"expected {(x.shape[0], cand.size)} (users x candidates)")
+    if cand_pos is not None:
+        r, c, v = in_candidates(x, cand, cand_pos)
+        scores[r[v != 0], c[v != 0]] = -np.inf
+    return scores
+
+
+def summary(per_user: np.ndarray, bootstrap: int, seed: int) -> dict:
+    """The metrics' means over the scored users, their bootstrap stderr, and the count of users."""
+    n = len(per_user)
     means = per_user.mean(axis=0) if n else np.zeros(len(METRICS))
     errs = bootstrap_stderr(per_user, bootstrap, seed) if n else np.zeros(len(METRICS))
-    result: dict = {name: float(means[j]) for j, name in enumerate(METRICS)}
-    result["users"] = int(n)
-    result["excluded_users"] = excluded
-    result["stderr"] = {name: float(errs[j]) for j, name in enumerate(METRICS)}
-    result["popularity"] = popularity_report(y_true_all[rows], top20, top20_valid)
-    if keep_per_user:
-        result["per_user"] = {"users": split.user[rows].tolist(),
-                              **{name: per_user[:, j].tolist() for j, name in enumerate(METRICS)}}
-    return result
+    return {**{name: float(means[j]) for j, name in enumerate(METRICS)}, "users": int(n),
+            "stderr": {name: float(errs[j]) for j, name in enumerate(METRICS)}}
 
 
 def paired_differences(a: dict, b: dict, n_boot: int = 1000, seed: int = 0) -> dict[str, dict]:

@@ -439,6 +439,7 @@ def quality(args, sizes, data, device, out: Path) -> dict:
     user_items = [np.asarray(x, dtype=np.int64) for x in table.column("items").to_pylist()]
     history = []
     t0 = time.perf_counter()
+    recipe.start_schedule(users, user_items)  # what Recipe.run does first
     for epoch in range(cfg.epochs):
         row = recipe.train_epoch(epoch, users, user_items, lambda metrics, checkpoint: None)
         recipe.end_epoch(row, lambda metrics, checkpoint: None)

@@ -426,9 +426,13 @@ def beeformer_recipe(r: dict) -> list[str]:
             f"({curve[-1]['step']} steps, {r['timing']['validation run'] / 60:.1f} minutes) scored validation NDCG@100 "
             f"after each ({shown}; epoch 0 is the base model) and kept epoch {kept['epoch']}"
             + (" (stopped early by patience)" if kept.get("stopped_early") else "")
-            + f"; the row's model is then refitted on train + validation for {kept['epoch']} epoch(s) = "
-            f"{r['refit_steps']} optimizer steps ({r['timing']['train'] / 60:.1f} minutes, the test evaluation "
-            "included). Wall time on the shared 2-core CPU."]
+            + (f"; the row's model is then refitted on train + validation for {kept['epoch']} epoch(s) = "
+               f"{r['refit_steps']} optimizer steps ({r['timing']['train'] / 60:.1f} minutes, the test evaluation "
+               "included)" if r["refit_steps"] is not None else
+               "; the row is that run's kept model, trained on the train part only (one epoch is all the CPU "
+               "budget allows, which leaves a refit no number of epochs to choose; the validation cold items "
+               "are held out of its training as the test ones are)")
+            + ". Wall time on the shared 2-core CPU."]
 
 
 def goodlens_section(r: dict) -> list[str]:
@@ -566,9 +570,10 @@ def page(results: dict[str, dict], old: str = "") -> str:
            "Two kinds of beeFormer row stand on this page. A section generated on or after 2026-12-07 trains "
            "beeFormer as the baselines are trained: a validation run on the train part, scored on validation "
            "after every epoch (`keep: best`, `patience`), chooses the number of epochs, and the row's model is "
-           "refitted on train + validation for that many epochs; the recipe (users per step, m, "
-           "max_seq_length, lr, precision), the validation curve, the steps and the wall time are given under "
-           "the table. An older section's row is one epoch on a subsample of the training users (10 to 20 "
+           "refitted on train + validation for that many epochs (where the CPU affords one epoch only, "
+           "as on Goodbooks, the row is the validation run's kept model, trained on the train part); the "
+           "recipe (users per step, m, max_seq_length, lr, precision), the validation curve, the steps and "
+           "the wall time are given under the table. An older section's row is one epoch on a subsample of the training users (10 to 20 "
            "optimizer steps): a sample, not what the method gives, until `make results` regenerates it under "
            "the new protocol (the runs are resumable: `--resume auto`). Both use MiniLM instead of the paper's "
            "MPNet (the MPNet zero-shot row, in the sections generated since 2026-12-07, shows where the "

@@ -272,6 +272,7 @@ def test_train_epoch_resumed_mid_epoch_runs_the_rest_of_the_same_steps(recipes, 
     recipe = dataclasses.replace(recipes[comp, "items", 1])
     users, items = table_rows(recipe.data, 1, True)
     recipe.state = dataclasses.replace(recipe.state, epoch=0, step_in_epoch=0, steps=[], epoch_losses=[])
+    recipe.start_schedule(users, items)  # what Recipe.run does first
     recipe.train_epoch(0, users, items, lambda *a: None)
     full, calls[:] = list(calls), []
     recipe.state = dataclasses.replace(recipe.state, epoch=0, step_in_epoch=3, steps=[], epoch_losses=[])

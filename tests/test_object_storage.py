@@ -308,3 +308,16 @@ def test_embed_to_s3_killed_midway_keeps_its_shards(s3, shop, tiny_model_dir, tm
     assert list(ids) == [f"x{j:05d}" for j in range(n)]
     want = encode_items(load_model(str(tiny_model_dir)), texts, show_progress=False)
     np.testing.assert_allclose(emb, want, rtol=0, atol=1e-5)
+
+
+def test_one_object_store_client_per_bucket_and_credentials(s3, monkeypatch):
+    """files.remote_fs builds one pyarrow filesystem per store, bucket and credentials in a process, not
+    one per call (a Folder, a publish, a fetch each used to build their own)."""
+    bucket = s3("clients")
+    first, path = files.remote_fs(f"{bucket}/run/model")
+    again, other = files.remote_fs(f"{bucket}/run/ray/")
+    assert first is again and (path, other) == ("clients/run/model", "clients/run/ray")
+    assert files.Folder(f"{bucket}/run").fs is first
+    assert files.remote_fs(f"{s3('clients-2')}/run")[0] is not first  # another bucket
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "another-key")
+    assert files.remote_fs(f"{bucket}/run")[0] is not first  # other credentials: another client

@@ -256,7 +256,7 @@ def compare(data: PathLike | PreparedData | Sequence[PathLike | PreparedData], m
               for ref in references
               for label, per in paired_table(rows, ref, list(oracle), n_boot, seed).items()
               for row, cells in per.items() for metric, cell in cells.items()]
-    table = [_row(per[label], result_row) for label in oracle for per in rows.values()]
+    table = [result_row(per[label]) for label in oracle for per in rows.values()]  # per-user values: in .paired
     return Comparison(table=pd.DataFrame(table), paired=pd.DataFrame(paired),
                       oracle=pd.DataFrame([{"target": label, **result_row(res)} for label, res in oracle.items()]))
 

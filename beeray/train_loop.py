@@ -243,10 +243,11 @@ class Recipe:
         self.start_schedule(*first)
         if self.cfg.eval_every_epoch and not self.state.history:
             self.validate_base(report)
-        for epoch in range(self.state.epoch, self.cfg.epochs):
+        start = self.state.epoch
+        for epoch in range(start, self.cfg.epochs):
             if self.stop_early():
                 return
-            users, user_items = first if epoch == self.state.epoch else read_epoch()
+            users, user_items = first if epoch == start else read_epoch()  # the shard, read once an epoch
             row = self.train_epoch(epoch, users, user_items, report)
             self.end_epoch(row, report)
 

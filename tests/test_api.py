@@ -86,7 +86,7 @@ def test_compare_pairs_every_row_with_the_reference(shop, tiny_model_dir):
     cell = result.paired.query("row == 'baseline:cbf+popularity' and metric == 'ndcg@100'").iloc[0]
     assert cell["diff"] == pytest.approx(table.loc["baseline:cbf+popularity", "ndcg@100"]
                                          - table.loc["baseline:text-popularity", "ndcg@100"], abs=1e-12)
-    assert "per_user" not in result.table.columns or result.table["per_user"].notna().all()
+    assert "per_user" not in result.table.columns  # as `beeray compare` writes its table
     assert len(result.oracle) == 1
 
 

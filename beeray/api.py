@@ -147,14 +147,14 @@ def train_config_of(config: PathLike | Mapping[str, Any] | TrainConfig | None,
                     overrides: Mapping[str, Any] | None = None) -> TrainConfig:
     """A checked TrainConfig from a YAML path, a dict or a TrainConfig, with `overrides` on top (a copy:
     the arguments are not changed)."""
-    from beeray.config import TrainConfig, to_dict, train_config
+    from beeray.config import TrainConfig, flat_keys, to_dict, train_config
 
     overrides = {k: (str(v) if isinstance(v, Path) else v) for k, v in (overrides or {}).items()}
     origins = {k: f"argument {k}" for k in overrides}
     if config is None or isinstance(config, (str, Path)):
         return train_config(str(config) if config is not None else None, overrides, origins)
     values = to_dict(config) if isinstance(config, TrainConfig) else dict(config)
-    values = dict(values.get("train", values))  # a tune config nests the training part under `train:`
+    values = flat_keys(dict(values.get("train", values)), "config")  # a tune config nests it under `train:`
     return train_config(None, {**values, **overrides}, origins)
 
 

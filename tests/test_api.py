@@ -107,12 +107,14 @@ def test_user_errors_are_one_line_beeray_errors(shop, tmp_path):
 
 def test_a_config_given_is_copied_not_changed(shop, tmp_path):
     from beeray.api import train_config_of, tune_config_of
-    from beeray.config import train_config
+    from beeray.config import to_dict, train_config
 
     values = {"data": str(shop), "out": str(tmp_path / "run"), "epochs": 2}
     cfg = train_config_of(values, {"lr": 5e-5})
     assert values == {"data": str(shop), "out": str(tmp_path / "run"), "epochs": 2}
     assert (cfg.lr, cfg.epochs) == (5e-5, 2)
+    grouped = train_config_of({"optimizer": {"epochs": 2}, "data": {"data": str(shop)}}, {"out": str(tmp_path / "run")})
+    assert to_dict(grouped) == to_dict(train_config(None, values))  # sections, as in a YAML file
     base = train_config(None, values)
     again = train_config_of(base, {"epochs": 3})
     assert base.epochs == 2 and again.epochs == 3 and again.data == base.data

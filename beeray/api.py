@@ -69,7 +69,7 @@ def prepare_folder(kind: str = "synthetic", out: PathLike | None = None,
 
     named = {str(k): str(v) for k, v in input.items()} if isinstance(input, Mapping) else None
     if kind == "goodlens" and not named:
-        raise BeerayError("goodlens: give input as {dataset kind: path}, e.g. {'goodbooks': 'data/goodbooks'}")
+        raise BeerayError("goodlens: no datasets given (--input KIND=PATH, repeated; in Python input={KIND: PATH})")
     if kind != "goodlens" and named is not None:
         raise BeerayError(f"{kind}: input is one folder or file (only goodlens takes several)")
     if columns and kind not in ("generic", "goodlens"):

@@ -193,7 +193,7 @@ def tune_config_of(config: PathLike | Mapping[str, Any] | TuneConfig,
                    overrides: Mapping[str, Any] | None = None) -> TuneConfig:
     """A checked TuneConfig (paths made absolute: trials run in Ray's session folder) from a YAML path, a
     dict or a TuneConfig, with `overrides` on the train section."""
-    from beeray.config import TuneConfig, absolute_paths, load_yaml
+    from beeray.config import TuneConfig, absolute_paths, flat_keys, load_yaml
 
     overrides = {k: (str(v) if isinstance(v, Path) else v) for k, v in (overrides or {}).items()}
     if isinstance(config, TuneConfig):
@@ -203,7 +203,8 @@ def tune_config_of(config: PathLike | Mapping[str, Any] | TuneConfig,
         values, where = json.loads(json.dumps(config, default=str)), "tune config"  # a deep copy
     else:
         values, where = load_yaml(config), str(config)
-    values["train"] = {**(values.get("train") or {}), **overrides}
+    train = values.get("train") or {}
+    values["train"] = {**(flat_keys(train, f"{where}: train") if isinstance(train, dict) else train), **overrides}
     return absolute_paths(TuneConfig.parse(values, where))
 
 

@@ -545,13 +545,6 @@ def parse_tune_config(values: dict, where: str) -> TuneConfig:
     return TuneConfig.parse(values, where)
 
 
-def load_tune_config(path: str | Path, out: str | None = None) -> TuneConfig:
-    cfg = TuneConfig.parse(load_yaml(path), str(path))
-    if out:
-        cfg.train.out = out
-    return absolute_paths(cfg)
-
-
 def absolute_paths(cfg: TuneConfig) -> TuneConfig:
     """Trials run in Ray's session directory: every path they get must be absolute. Relative folders
     are resolved against this process's working directory; object-storage URLs stay as given."""
@@ -564,4 +557,4 @@ def to_dict(cfg) -> dict:
 
 
 __all__ = ["TrainConfig", "SearchSpec", "SchedulerConfig", "SearchConfig", "TuneConfig", "train_config",
-           "parse_tune_config", "load_tune_config", "absolute_paths", "from_dict", "load_yaml", "parse_overrides", "to_dict"]
+           "parse_tune_config", "absolute_paths", "from_dict", "load_yaml", "parse_overrides", "to_dict"]

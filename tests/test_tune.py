@@ -35,7 +35,7 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
 # ---------------------------------------------------------------- slow: real searches on Ray
 
 def _shop_config(shop, model, out, train=None, **search):
-    from beeray.config import load_tune_config
+    from beeray.api import tune_config_of
 
     raw = yaml.safe_load(SHOP_YAML.read_text())
     raw["train"].update(data=str(shop), model=str(model), out=str(out), **(train or {}))
@@ -45,7 +45,7 @@ def _shop_config(shop, model, out, train=None, **search):
     raw["search"].update(search)
     path = out.parent / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(raw))
-    return load_tune_config(path)
+    return tune_config_of(path)
 
 
 class _StopAfter:

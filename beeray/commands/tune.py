@@ -45,14 +45,11 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from beeray.artifacts import metrics_table, results_frame
-    from beeray.config import load_tune_config
+    from beeray.api import tune_config_of
     from beeray.tuner import tune
 
-    cfg = load_tune_config(args.config, args.out)
-    if args.tracking_uri:
-        cfg.train.tracking_uri = args.tracking_uri
-    if args.no_tracking:
-        cfg.train.tracking = "none"
+    overrides = {"out": args.out, "tracking_uri": args.tracking_uri, "tracking": "none" if args.no_tracking else None}
+    cfg = tune_config_of(args.config, {k: v for k, v in overrides.items() if v is not None})
     result = tune(cfg, resume=args.resume, baseline=args.baseline)
     metric = cfg.search.metric
     table = results_frame(result.rows, cfg)

@@ -90,3 +90,9 @@ def test_a_section_names_its_split_and_how_the_beeformer_epochs_were_chosen():
     assert "a validation run of 3 epochs on the train part (63 steps, 20.0 minutes)" in text
     assert "epoch 2 (step 42) 0.3500" in text and "kept epoch 2;" in text
     assert "refitted on train + validation for 2 epoch(s) = 42 optimizer steps (10.0 minutes" in text
+    # A one-epoch section (Goodbooks on this CPU): no refit; the row is the validation run's kept model.
+    one = {**r, "timing": {"validation run": 1200.0}, "refit_steps": None,
+           "kept": {**r["kept"], "epoch": 1, "epochs_run": 1}, "validation_curve": curve[:2]}
+    text = "\n".join(results.section(one))
+    assert "kept epoch 1; the row is that run's kept model, trained on the train part only" in text
+    assert "refitted" not in text.split("beeFormer row:")[1]

@@ -34,15 +34,19 @@ def history_rows(ids: np.ndarray, history: list[str], source: str) -> np.ndarray
 
 
 def recommend(item_emb: np.ndarray, ids: np.ndarray, history: list[str], k: int = 20,
-              source: str = "the catalog") -> list[Recommendation]:
-    """The k best candidates for `history` (item ids) by CBF over unit-norm `item_emb` rows."""
+              source: str = "the catalog", allowed: np.ndarray | None = None,
+              exclude_history: bool = True) -> list[Recommendation]:
+    """The k best candidates for `history` (item ids) by CBF over unit-norm `item_emb` rows. `allowed`: a
+    mask of the rows that may be recommended (all by default); `exclude_history`: never the history's own
+    items (the evaluator's rule; off, they compete like any other)."""
     if not history:
         raise BeerayError("an empty history: give at least one item id")
     if k <= 0:
         raise BeerayError(f"k must be > 0, got {k}")
     rows = history_rows(ids, history, source)
     n = len(ids)
-    candidates = np.setdiff1d(np.arange(n), rows)
+    pool = np.arange(n) if allowed is None else np.flatnonzero(allowed)
+    candidates = np.setdiff1d(pool, rows) if exclude_history else pool
     if candidates.size == 0:
         raise BeerayError("the history holds every item of the catalog: nothing left to recommend")
     x = sp.csr_matrix((np.ones(rows.size), rows, [0, rows.size]), shape=(1, n))

@@ -12,7 +12,7 @@ import sys
 
 from beeray.errors import BeerayError, user_message
 
-_COMMANDS = ["prepare", "evaluate", "train", "tune", "compare", "embed", "recommend"]
+_COMMANDS = ["prepare", "evaluate", "train", "tune", "compare", "embed", "recommend", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

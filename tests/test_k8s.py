@@ -13,6 +13,7 @@ import gzip
 import json
 import shlex
 from pathlib import Path
+from types import SimpleNamespace
 
 import jsonschema
 import pytest
@@ -108,3 +109,41 @@ def test_rayjob_runs_beeray_as_documented(manifest):
         assert cfg.tracking_uri == "sqlite:////data/runs/mlflow.db"
     # A resubmitted job (KubeRay's retries, or the RayJob applied again) continues the run in --out.
     assert args.resume == "auto" and spec["backoffLimit"] >= 1
+
+
+RAYSERVICE = ROOT / "k8s" / "rayservice.yaml"
+RAYSERVICE_SCHEMA = ROOT / "k8s" / "rayservice-crd-v1.7.0.schema.json.gz"  # same source, ray.io_rayservices.yaml
+
+
+def test_rayservice_manifest_is_valid_and_serves_beeray_as_documented(monkeypatch):
+    schema = strict(json.loads(gzip.decompress(RAYSERVICE_SCHEMA.read_bytes())))
+    validator = jsonschema.Draft7Validator(schema)
+    doc = yaml.safe_load(RAYSERVICE.read_text())
+    assert errors(validator, doc) == [] and doc["kind"] == "RayService"
+    typo = copy.deepcopy(doc)
+    typo["spec"]["serveConfig"] = typo["spec"].pop("serveConfigV2")
+    assert any("serveConfig" in e for e in errors(validator, typo))
+    serve = yaml.safe_load(doc["spec"]["serveConfigV2"])
+    (application,) = serve["applications"]
+    assert application["import_path"] == "beeray.serve:app" and serve["http_options"]["port"] == 8000
+    # The builder takes exactly these arguments: prepare_catalog and build_app get them as written.
+    import beeray.serve
+
+    seen = {}
+
+    def prepare_catalog(*args):
+        seen["catalog"] = args
+        return SimpleNamespace(root=args[1])
+
+    def build_app(model, root, **kw):
+        seen["app"] = (model, root, kw)
+
+    monkeypatch.setattr(beeray.serve, "prepare_catalog", prepare_catalog)
+    monkeypatch.setattr(beeray.serve, "build_app", build_app)
+    beeray.serve.app(application["args"])
+    assert seen["catalog"][:3] == ("/data/runs/goodbooks/model", "/data/catalogs/goodbooks", "/data/prepared/goodbooks")
+    assert seen["app"][2]["replicas"] == 2 and seen["app"][2]["max_items"] == 256
+    with pytest.raises(Exception, match="unknown argument"):
+        beeray.serve.app({**application["args"], "replica": 3})
+    cluster = doc["spec"]["rayClusterConfig"]
+    assert cluster["rayVersion"] == "2.60.0"

@@ -151,3 +151,20 @@ def test_concurrent_writers_to_one_id_and_a_killed_writer_lose_nothing(service):
     assert status == 200 and info["version"] == versions[-1]
     status, got = call(f"{url}/v1/recommend", "POST", {"history": ["b000-printer"], "k": 500, "only_new": True})
     assert last_text in [i["text"] for i in got["items"] if i["id"] == "contested"]
+
+
+@pytest.mark.slow
+def test_a_restart_keeps_every_acknowledged_item(service):
+    from ray import serve
+
+    from beeray.serve import start
+
+    url = service["url"]
+    status, added = call(f"{url}/v1/items", "POST", {"items": [{"id": "kept", "text": "a printer that survives"}]})
+    assert status == 200
+    serve.shutdown()
+    start(service["model"], str(service["catalog"]), items=str(service["shop"]), port=service["port"], replicas=2)
+    status, info = call(f"{url}/v1/info")
+    assert status == 200 and info["version"] == added["version"] and info["size"] == added["size"]
+    status, got = call(f"{url}/v1/recommend", "POST", {"history": ["kept"], "k": 1, "exclude_history": False})
+    assert status == 200 and got["items"][0]["id"] == "kept"

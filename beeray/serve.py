@@ -12,13 +12,14 @@ Two deployments:
 Every bad request gets a 4xx with {"error": "one line"}, and nothing is half-written.
 """
 
-from __future__ import annotations
-
 import json
 import logging
 from typing import Any
 
 import numpy as np
+# Evaluated annotations (no `from __future__ import annotations` here): Serve's class-based views hand
+# FastAPI the routes' signatures, and FastAPI must see Request itself to pass the request in.
+from starlette.requests import Request
 
 from beeray.catalog import Catalog
 from beeray.errors import BeerayError
@@ -180,7 +181,7 @@ def _re_embed(old: Catalog, model: str, fingerprint: str, encoder, dim: int, bat
 def build_app(model: str, catalog_dir: str, *, replicas: int = 1, use_gpu: bool = False, max_items: int = MAX_ITEMS,
               max_body: int = MAX_BODY, batch_size: int = 64):
     """The Serve application (Writer + Api) over a catalogue `prepare_catalog` made."""
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.responses import JSONResponse
     from ray import serve
 

@@ -43,15 +43,17 @@ DATASETS = {
                "baselines": ["popularity", "itemknn", "ease", "als", "elsa", "sansa"],
                "train": {"epochs": 1, "batch_size": 64, "m": 512, "max_seq_length": 64, "encode_batch_size": 64},
                "users": 1280},
-    # The rule: all training users in steps of 16 (167 steps an epoch, >= 150) under bf16 autocast,
-    # ~38 s a step on this CPU (2.2x fp32: benchmarks/README.md, precision --on goodbooks). At 16 users
-    # the positives (~76 a user) fill I_b past m, so an epoch costs the same at any batch size: one epoch
-    # (~1.8 h) is the CPU budget, and with one epoch there is nothing for a refit to choose, so the row
-    # is the validation run's kept model (train part; validation cold items never trained on either).
+    # The rule: all training users in steps of 16 (167 steps an epoch, >= 150) under bf16 autocast
+    # (2.2x fp32 on this CPU: benchmarks/README.md, precision --on goodbooks). The positives (~42 a user
+    # on the train part) fill I_b past m, so an epoch costs the same at any batch size: ~1.8 h at 128
+    # tokens, which with the table's baselines (Heater alone ~45 min) passes a 3-hour CPU session, so
+    # the descriptions (median 142 tokens) are cut at 64 tokens, as MovieLens's. One epoch leaves a
+    # refit nothing to choose: the row is the validation run's kept model (train part; the validation
+    # cold items are never trained on either).
     "goodbooks": {"title": "Goodbooks-10k (5% of users, the paper's LLM descriptions), item split",
                   "kind": "goodbooks", "input": SHARED / "goodbooks", "split": "item",
                   "baselines": ["text-popularity", "cbf+popularity", "heater"],
-                  "train": {"epochs": 1, "batch_size": 16, "m": 512, "max_seq_length": 128,
+                  "train": {"epochs": 1, "batch_size": 16, "m": 512, "max_seq_length": 64,
                             "encode_batch_size": 64, "amp": "bf16"},
                   "users": None, "refit": False},
     # The rule: steps of 32 users (21 an epoch) under bf16 autocast, 1.9x as fast as fp32 on this CPU

@@ -341,8 +341,12 @@ class Folder:
         return sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
 
     def delete(self, rel: str) -> None:
+        """Remove file `rel`; nothing to do when there is none (local disk and object storage alike)."""
         if self.url:
-            self.fs.delete_file(self._path(rel))
+            try:
+                self.fs.delete_file(self._path(rel))
+            except FileNotFoundError:
+                pass
         else:
             (self.root / rel).unlink(missing_ok=True)
 

@@ -573,7 +573,7 @@ def page(results: dict[str, dict], old: str = "") -> str:
            "beeFormer as the baselines are trained: a validation run on the train part, scored on validation "
            "after every epoch (`keep: best`, `patience`), chooses the number of epochs, and the row's model is "
            "refitted on train + validation for that many epochs (where the CPU affords one epoch only, "
-           "as on Goodbooks, the row is the validation run's kept model, trained on the train part); the "
+           "the row is the validation run's kept model, trained on the train part); the "
            "recipe (users per step, m, max_seq_length, lr, precision), the validation curve, the steps and "
            "the wall time are given under the table. An older section's row is one epoch on a subsample of the training users (10 to 20 "
            "optimizer steps): a sample, not what the method gives, until `make results` regenerates it under "

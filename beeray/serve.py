@@ -185,9 +185,11 @@ def build_app(model: str, catalog_dir: str, *, replicas: int = 1, use_gpu: bool 
     from fastapi.responses import JSONResponse
     from ray import serve
 
-    from beeray.models import model_fingerprint
-
-    fingerprint = model_fingerprint(model)
+    # The catalogue's own record of its model (prepare_catalog checked it against `model`): the model
+    # folder is not hashed a second time.
+    with open(f"{catalog_dir}/catalog.json") as fh:
+        manifest = json.load(fh)
+    fingerprint, dim = manifest["model_fingerprint"], manifest["dim"]
 
     @serve.deployment(name="writer", num_replicas=1, max_ongoing_requests=256,
                       ray_actor_options={"num_cpus": 1, "num_gpus": 1 if use_gpu else 0})
@@ -235,9 +237,8 @@ def build_app(model: str, catalog_dir: str, *, replicas: int = 1, use_gpu: bool 
     class Api:
         def __init__(self, writer) -> None:
             self.writer = writer
-            with open(f"{catalog_dir}/catalog.json") as fh:
-                self.dim = json.load(fh)["dim"]
-            self.catalog = Catalog.open(catalog_dir, model, fingerprint, self.dim)
+            self.dim = dim
+            self.catalog = Catalog.open(catalog_dir, model, fingerprint, dim)
 
         async def _body(self, request: Request) -> Any:
             declared = int(request.headers.get("content-length") or 0)

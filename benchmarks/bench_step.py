@@ -9,7 +9,8 @@ Cases (each prints a table and writes benchmarks/results/<case>.json):
   memory        peak memory of one step for several m and catalog sizes, one fresh subprocess each.
   precision     the same steps in fp32 and under bf16 autocast (`amp: bf16`), two copies of the model
                 from the same weights, interleaved: seconds per step of each and the speed-up
-                (--on ml: ml-latest-small; --on goodbooks: the Goodbooks descriptions).
+                (--on ml: ml-latest-small; --on goodbooks: the Goodbooks descriptions; --on amazon:
+                Amazon Industrial & Scientific, time split).
 
 Every figure that compares two things is measured side by side in one process with the
 repetitions interleaved (A, B, A, B, ...): the machine may be shared, so absolute seconds
@@ -76,13 +77,13 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def ensure_prepared(kind: str, raw: Path, out: Path) -> Path:
+def ensure_prepared(kind: str, raw: Path, out: Path, split: str = "item") -> Path:
     """A prepared folder for the benchmark (written once with beeray's own prepare)."""
     if not (out / "stats.json").is_file():
-        from beeray.data.prepare import prepare
+        from beeray.data.prepare import PrepareOptions, prepare
 
         print(f"preparing {kind} from {raw} -> {out}", flush=True)
-        prepare(kind, out, source=raw)
+        prepare(kind, out, source=raw, options=PrepareOptions(split=split))
     return out
 
 
@@ -271,8 +272,8 @@ def case_precision(args) -> dict:
     """fp32 against bf16 autocast, the same users, I_b and dropout draws for both, interleaved (which
     goes first alternates); each side trains its own copy of the model from the same weights."""
     device = pick_device(args.device)
-    kind, raw, default, label = REFERENCE_DATA["ml-reference" if args.on == "ml" else "gb-reference"]
-    root = ensure_prepared(kind, raw, Path(args.data or default))
+    kind, raw, default, label, split = PRECISION_DATA[args.on]
+    root = ensure_prepared(kind, raw, Path(args.data or default), split)
     data = PreparedData.load(root)
     catalog_items = data.train_items()
     users = train_users(root, catalog_items)
@@ -314,6 +315,10 @@ REFERENCE_DATA = {
     "ml-reference": ("movielens", SHARED / "ml-latest-small", "/tmp/bench_ml", "ml-latest-small"),
     "gb-reference": ("goodbooks", SHARED / "goodbooks", "/tmp/gb", "Goodbooks LLM descriptions"),
 }
+# The precision case's data sets, each split as docs/results.md splits it: (..., label, split).
+PRECISION_DATA = {"ml": (*REFERENCE_DATA["ml-reference"], "item"), "goodbooks": (*REFERENCE_DATA["gb-reference"], "item"),
+                  "amazon": ("amazon-json", SHARED / "amazon-scientific", "/tmp/bench_amazon",
+                             "Amazon Industrial & Scientific", "time")}
 
 
 def case_reference(args) -> dict:
@@ -521,7 +526,7 @@ def main(argv=None) -> int:
                    help="goodbooks: set the attention-probability dropout of the trained model (default: the model's)")
     p.add_argument("--activation-memory", type=float, default=0.0,
                    help="goodbooks, *-reference: GiB of pass-1 graphs beeray's step keeps (default 0: recompute all)")
-    p.add_argument("--on", choices=("ml", "goodbooks"), default="ml", help="precision: the data set (default ml)")
+    p.add_argument("--on", choices=("ml", "goodbooks", "amazon"), default="ml", help="precision: the data set (default ml)")
     p.add_argument("--ms", type=int, nargs="+", default=[256, 512, 1024], help="memory: values of m")
     p.add_argument("--catalogs", type=int, nargs="+", default=[1000, 10000],
                    help="memory: catalog sizes at m=512 (a random subset of Goodbooks; >= its size = all)")

@@ -38,11 +38,18 @@ BOOTSTRAP = 1000
 # users kept (a random subset; validation and test are untouched), None = all. `train`: the recipe;
 # its `epochs` is the validation run's budget.
 DATASETS = {
+    # The rule (Goodbooks's): all 8,317 training users in steps of 48 (174 steps an epoch, >= 150) under
+    # bf16 autocast (measured on these texts: benchmarks/README.md, precision --on amazon). A user has ~4
+    # training interactions, so I_b is m = 512 items at any batch size and a step costs the same; one
+    # epoch of 174 steps plus the validations fits beside the baselines in a 3-hour CPU session, so, as
+    # Goodbooks, the row is the one-epoch validation run's kept model, trained on the train part (each
+    # user's interactions before the validation and test ones).
     "amazon": {"title": "Amazon Industrial & Scientific, time split", "kind": "amazon-json",
                "input": SHARED / "amazon-scientific", "split": "time",
                "baselines": ["popularity", "itemknn", "ease", "als", "elsa", "sansa"],
-               "train": {"epochs": 1, "batch_size": 64, "m": 512, "max_seq_length": 64, "encode_batch_size": 64},
-               "users": 1280},
+               "train": {"epochs": 1, "batch_size": 48, "m": 512, "max_seq_length": 64, "encode_batch_size": 64,
+                         "amp": "bf16"},
+               "users": None, "refit": False},
     # The rule: all training users in steps of 16 (167 steps an epoch, >= 150) under bf16 autocast
     # (2.2x fp32 on this CPU: benchmarks/README.md, precision --on goodbooks). The positives (~42 a user
     # on the train part) fill I_b past m, so an epoch costs the same at any batch size: ~1.8 h at 128
@@ -349,6 +356,29 @@ def paired_verdicts(comp: dict, lab: str, reference: str, rows: dict) -> list[st
     return lines
 
 
+def standing(comp: dict, lab: str, reference: str, rows: dict) -> str:
+    """The paired verdicts in one line: which rows the beeFormer row beats, ties and loses to, on Recall@20
+    and NDCG@100 together (a row where the two metrics disagree is listed with both)."""
+    paired = comp["paired"]["by_reference"][reference][lab]
+    flip = {"better": "better", "worse": "worse", "no clear difference": "tie"}
+    groups: dict[str, list[str]] = {"better": [], "tie": [], "worse": [], "mixed": []}
+    for name in rows:
+        if name == reference:
+            continue
+        # compare stores row − reference, so the reference's verdict is the opposite of the stored one
+        verdicts = [{"better": "worse", "worse": "better"}.get(paired[name][m]["verdict"], "no clear difference")
+                    for m in ("recall@20", "ndcg@100")]
+        shown = label(name, reference).replace("**", "")
+        if verdicts[0] == verdicts[1]:
+            groups[flip[verdicts[0]]].append(shown)
+        else:
+            groups["mixed"].append(f"{shown} (Recall@20 {flip[verdicts[0]]}, NDCG@100 {flip[verdicts[1]]})")
+    words = {"better": "better than", "tie": "no clear difference from", "worse": "worse than",
+             "mixed": "split by metric against"}
+    parts = [f"{words[k]} {', '.join(v)}" for k, v in groups.items() if v]
+    return "**Where the beeFormer row stands** (both metrics, paired): " + "; ".join(parts) + "."
+
+
 def section(r: dict) -> list[str]:
     from beeray.baselines import BASELINES
 
@@ -363,7 +393,7 @@ def section(r: dict) -> list[str]:
              f"{s['users']:,} users, {s['items']:,} items, {s['interactions']:,} interactions after preprocessing; "
              f"test: {split['test']['users']:,} users"
              + (f", {split['test_items']:,} cold candidate items" if spec["split"] == "item" else ", all items are candidates")
-             + f". Seconds per row: encoding + scoring for encoders, validation search + refit + scoring for "
+             + ". Seconds per row: encoding + scoring for encoders, validation search + refit + scoring for "
                "baselines; the training run of the beeFormer row is listed below the table.", ""]
     if "split_digest" in oracle:  # absent from a compare run before splits had digests
         lines += [f"Scored on the split with digest `sha256:{oracle['split_digest']}` (docs/splits/).", ""]
@@ -382,7 +412,7 @@ def section(r: dict) -> list[str]:
     if "sansa" in spec["baselines"] and not any(k == "baseline:sansa" for k in rows):
         lines.append("| sansa | not installed (needs SuiteSparse: `make sansa`, see README) | | | | | | | |")
     pop = oracle["popularity"]
-    lines.append(f"| *popularity oracle (peeks at the test targets; a reading aid, not a model)* | "
+    lines.append("| *popularity oracle (peeks at the test targets; a reading aid, not a model)* | "
                  + " | ".join(cell(oracle, m) for m in METRICS) + " | "
                  + " | ".join(_fmt(pop.get(k)) for k in ("recall@20_head", "recall@20_middle", "recall@20_tail"))
                  + f" | {_fmt(pop.get('popularity_percentile@20'), 1)} | |")
@@ -397,7 +427,7 @@ def section(r: dict) -> list[str]:
     lines += ["The beeFormer row minus each other row, per user on the same users: the mean per-user difference "
               f"± its paired bootstrap stderr (the same resampled users for both rows); verdict at Holm-adjusted "
               f"p < {alpha} over the table's comparisons (every row, three metrics):", "",
-              *paired_verdicts(comp, lab, trained, rows), ""]
+              *paired_verdicts(comp, lab, trained, rows), "", standing(comp, lab, trained, rows), ""]
     base = rows.get(MINILM)
     if base is not None:
         gains = {t: rows[trained]["popularity"][f"recall@20_{t}"] - base["popularity"][f"recall@20_{t}"]
@@ -562,37 +592,41 @@ def page(results: dict[str, dict], old: str = "") -> str:
            "broken by one seeded random order of the candidates (the same for every row). "
            "Baselines choose their hyperparameters on the validation split by NDCG@100 (a climb along the "
            "ladders below, see there), then are refitted on train + validation for the test split; the "
-           "beeFormer model is trained on train + validation too, for the epochs its validation run chose. R@20 head / middle / tail: of the test targets on the most / middle / least "
+           "beeFormer row's number of epochs is chosen on validation too (how, under each table). R@20 head / middle / tail: of the test targets on the most / middle / least "
            "popular third of the candidates (each third holds a third of the targets), the share found in the "
            "users' top 20; top-20 popularity %ile: how popular the recommended items are among the candidates "
            "(100 = the most popular). Each encoder is evaluated at its own max_seq_length: a trained model at "
            "the length it was trained with, zero-shot MiniLM both at its own 256 tokens and at the trained "
            "model's length, so that the comparison at equal length is there too.", "",
            "## How to read these tables", "",
-           "Two kinds of beeFormer row stand on this page. A section generated on or after 2026-12-07 trains "
-           "beeFormer as the baselines are trained: a validation run on the train part, scored on validation "
-           "after every epoch (`keep: best`, `patience`), chooses the number of epochs, and the row's model is "
-           "refitted on train + validation for that many epochs (where the CPU affords one epoch only, "
-           "the row is the validation run's kept model, trained on the train part); the "
-           "recipe (users per step, m, max_seq_length, lr, precision), the validation curve, the steps and "
-           "the wall time are given under the table. An older section's row is one epoch on a subsample of the training users (10 to 20 "
-           "optimizer steps): a sample, not what the method gives, until `make results` regenerates it under "
-           "the new protocol (the runs are resumable: `--resume auto`). Both use MiniLM instead of the paper's "
-           "MPNet (the MPNet zero-shot row, in the sections generated since 2026-12-07, shows where the "
-           "paper's model starts) and lr 5e-5 instead of 1e-5, because a CPU affords a few hundred steps, "
-           "not the paper's thousands. The paper trains for 5 epochs of 1,024 users with m = 10,000 on GPUs; "
-           "on one H100 the same code lifted MiniLM on the Goodbooks subset to test Recall@20 0.36-0.40 in "
-           "220 steps (issue 15). The baselines are trained as their authors train them (ELSA by the "
-           "authors' `elsarec`, Heater on its authors' schedule with the best epoch kept, SANSA by its "
+           "In the three single-data-set sections (Amazon, Goodbooks, MovieLens) beeFormer is trained as the "
+           "baselines are: on all training users, with the number of epochs chosen on validation. A validation "
+           "run on the train part is scored on validation after every epoch (`keep: best`, `patience`); where "
+           "the CPU affords several epochs (MovieLens), the row's model is then refitted on train + validation "
+           "for the epochs kept. Where it affords one (Goodbooks and Amazon, each at least 150 optimizer steps: "
+           "one epoch leaves a refit nothing to choose), the row is the validation run's kept model, trained on "
+           "the train part only: fewer interactions than the refitted baselines saw, a handicap of the row, "
+           "not an advantage. The recipe (users per step, m, max_seq_length, lr, precision), the validation "
+           "curve, the steps and the wall time are under each table; the step times behind each recipe are "
+           "in benchmarks/README.md (precision). The recipe is one for the whole page, MiniLM at lr 5e-5 (not "
+           "the paper's MPNet at 1e-5: a CPU affords a few hundred steps, not thousands); the MPNet zero-shot "
+           "row shows where the paper's model starts. The paper trains 5 epochs of 1,024 users with m = "
+           "10,000 on GPUs; on one H100 the same code lifted MiniLM on the Goodbooks subset to test Recall@20 "
+           "0.36-0.40 in 220 steps (issue 15). The goodlens section is still a sample (5 to 15 steps of 32 "
+           "users a run): the same rule would take four runs of the Goodbooks run's size, about six hours of "
+           "this CPU, so read it as whether mixing two domains costs the in-domain model anything at a few "
+           "steps, not as the method's result. The baselines are trained as their authors train them (ELSA "
+           "by the authors' `elsarec`, Heater on its authors' schedule with the best epoch kept, SANSA by its "
            "authors' package) and choose their hyperparameters on validation until the choice is interior "
            "or an end of a ladder the table marks. Below each table, every row is compared with the beeFormer "
-           "row per user on the same users (paired bootstrap, Holm-adjusted over the table): that, not the "
-           "overlap of the ± columns, says where a difference is real, and it says where beeFormer wins, "
-           "ties or loses. Each section names its split by the split's SHA-256 digest (docs/splits/ lists "
-           "the cold items; `beeray prepare --split-items` rebuilds them); the sections generated before "
-           "digests existed were scored on the splits docs/splits/README.md names, which the same `beeray "
-           "prepare` commands still produce value for value (tests/test_prepared_digests.py). A section dated "
-           "before 2026-12-02 was generated under the earlier protocol (ties to the lower item index, two- to "
+           "row per user on the same users (paired bootstrap, Holm-adjusted over the table), and a line sums "
+           "it up: that, not the overlap of the ± columns, says where a difference is real, and it says where "
+           "beeFormer wins, ties or loses. Each section names its split by the split's SHA-256 digest "
+           "(docs/splits/ lists the cold items; `beeray prepare --split-items` rebuilds them); a section "
+           "generated before digests existed was scored on the split docs/splits/README.md names, which the "
+           "same `beeray prepare` command still produces value for value (tests/test_prepared_digests.py). A "
+           "section dated before 2026-12-02 was generated under the earlier protocol (ties to the lower item "
+           "index, two- to "
            "four-value grids, beeray's own ELSA loss, Heater at 10 or 30 epochs, unpaired comparisons). "
            "Seconds and minutes are wall time on two cores that other jobs often shared, so read them as "
            "upper bounds.", "",

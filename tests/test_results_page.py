@@ -60,6 +60,10 @@ def test_a_section_marks_edges_and_gives_paired_verdicts():
     assert "MiniLM zero-shot (CBF), 64 tokens" in text and "MiniLM zero-shot (CBF), 256 tokens" in text
     assert "- against itemknn: Recall@20 +0.0500 ± 0.0100 (better, p_holm 0.001)" in text
     assert "- against ease: Recall@20 -0.0040 ± 0.0100 (no clear difference, p_holm 0.7)" in text
+    # the same verdicts in one line: beeFormer beats every row on both metrics but ease on Recall@20
+    assert ("**Where the beeFormer row stands** (both metrics, paired): better than MiniLM zero-shot (CBF), 256 "
+            "tokens, MiniLM zero-shot (CBF), 64 tokens, itemknn; split by metric against ease (Recall@20 tie, "
+            "NDCG@100 better).") in text
 
 
 def test_a_section_names_its_split_and_how_the_beeformer_epochs_were_chosen():

@@ -82,7 +82,8 @@ GOODLENS = {
     "title": "goodlens: one model for Goodbooks and MovieLens (the paper's Table 3), item split",
     "parts": {"goodbooks": "goodbooks", "movielens": "ml"},  # goodlens component -> its DATASETS entry
     "users": {"goodbooks": 160, "movielens": 320},  # training users kept per component
-    "train": {"epochs": 1, "batch_size": 32, "m": 256, "max_seq_length": 64, "encode_batch_size": 64},
+    "train": {"epochs": 1, "batch_size": 32, "m": 256, "max_seq_length": 64, "encode_batch_size": 64,
+              "amp": "bf16"},
     "compositions": ("joint", "per_dataset"),
 }
 
@@ -450,11 +451,16 @@ def beeformer_recipe(r: dict) -> list[str]:
                 f"lr {tc['lr']:g}, optimizer {tc.get('optimizer', 'adamw')}, {r['timing']['train'] / 60:.1f} minutes "
                 "on the 2-core CPU (evaluation included)."]
     kept, curve = r["kept"], r["validation_curve"]
+    amp = tc.get("amp", "auto")
+    runs = kept["epochs_run"]
+    unseen = (f"it has not trained on the validation part's {s['split']['val']['target_interactions']:,} "
+              "interactions, which the refitted baselines have" if s["split"].get("kind") == "time" else
+              "the validation cold items are held out of its training as the test ones are")
     shown = ", ".join(f"epoch {int(c['epoch'])} (step {int(c['step'])}) {c['val_ndcg@100']:.4f}" for c in curve)
     return [f"beeFormer row: MiniLM trained with `beeray train` on {users} training users, {tc['batch_size']} users a "
             f"step, m {tc['m']}, max_seq_length {tc['max_seq_length']}, lr {tc['lr']:g}, optimizer "
-            f"{tc.get('optimizer', 'adamw')}, amp {tc.get('amp', 'auto')} (auto = fp32 on a CPU). The number of epochs is chosen on "
-            f"validation, as every baseline's: a validation run of {kept['epochs_run']} epochs on the train part "
+            f"{tc.get('optimizer', 'adamw')}, amp {amp}{' (fp32 on a CPU)' if amp == 'auto' else ''}. The number of epochs is "
+            f"chosen on validation, as every baseline's: a validation run of {runs} epoch{'s' * (runs != 1)} on the train part "
             f"({curve[-1]['step']} steps, {r['timing']['validation run'] / 60:.1f} minutes) scored validation NDCG@100 "
             f"after each ({shown}; epoch 0 is the base model) and kept epoch {kept['epoch']}"
             + (" (stopped early by patience)" if kept.get("stopped_early") else "")
@@ -462,8 +468,7 @@ def beeformer_recipe(r: dict) -> list[str]:
                f"{r['refit_steps']} optimizer steps ({r['timing']['train'] / 60:.1f} minutes, the test evaluation "
                "included)" if r["refit_steps"] is not None else
                "; the row is that run's kept model, trained on the train part only (one epoch is all the CPU "
-               "budget allows, which leaves a refit no number of epochs to choose; the validation cold items "
-               "are held out of its training as the test ones are)")
+               f"budget allows, which leaves a refit no number of epochs to choose; {unseen})")
             + ". Wall time on the shared 2-core CPU."]
 
 
@@ -496,6 +501,11 @@ def goodlens_section(r: dict) -> list[str]:
              "| model | trained on | " + " | ".join(f"{shown[p]} {m}" for p in parts for m in ("R@20", "NDCG@100"))
              + " | Amazon R@20 | Amazon NDCG@100 |",
              "|---|---|" + "---|" * (2 * len(parts) + 2)]
+    digests = [(shown[p], cold["oracle"][p].get("split_digest")) for p in parts]
+    digests.append(("Amazon", amazon["oracle"][amazon_label].get("split_digest")))
+    if all(d for _, d in digests):  # absent from a compare run before splits had digests
+        lines[-2:-2] = ["Scored on the splits with digests " + ", ".join(f"{n} `sha256:{d}`" for n, d in digests)
+                        + " (docs/splits/).", ""]
 
     def cells(res: dict | None) -> list[str]:
         return [cell(res, m) if res else "-" for m in ("recall@20", "ndcg@100")]
@@ -513,8 +523,9 @@ def goodlens_section(r: dict) -> list[str]:
     lines.append("| *popularity oracle (peeks at the test targets)* | - | "
                  + " | ".join(c for p in parts for c in cells(cold["oracle"][p])) + " | "
                  + " | ".join(cells(amazon["oracle"][amazon_label])) + " |")
-    lines += ["", f"Training (each row): `beeray train` on train + validation, {tc['epochs']} epoch, batches of "
-              f"{tc['batch_size']} users, m {tc['m']}, max_seq_length {tc['max_seq_length']}, lr {tc['lr']:g}; "
+    lines += ["", f"Training (each row): `beeray train` on train + validation, {tc['epochs']} epoch"
+              f"{'s' * (tc['epochs'] != 1)}, batches of {tc['batch_size']} users, m {tc['m']}, max_seq_length "
+              f"{tc['max_seq_length']}, lr {tc['lr']:g}, amp {tc.get('amp', 'auto')}; "
               + ", ".join(f"{names[models[k]].strip('*')} {r['timing']['train'][k] / 60:.1f} min"
                           for k in models) + " on the 2-core CPU (each with its final evaluation). Heater is "
               "fitted on each data set's own interactions (it cannot be trained across catalogs).", ""]
@@ -650,7 +661,9 @@ def page(results: dict[str, dict], old: str = "") -> str:
             out += marked("section", name, [lines[0], "", f"*Generated {today}.*", *lines[1:]])
         elif ("section", name) in kept:
             out += kept[("section", name)]
-    out += ["## Commands", "", "Each data set, in the order `experiments/results.py` runs them:", ""]
+    out += ["## Commands", "", "Each data set, in the order `experiments/results.py` runs them "
+            "(`runs/results/minilm-msl64` is all-MiniLM-L6-v2 saved with max_seq_length 64: "
+            "`beeray.models.load_model`, set `max_seq_length`, `save_model`; the script writes it):", ""]
     for name in ORDER:
         if name in results:
             r = results[name]
@@ -683,7 +696,10 @@ def main(argv=None) -> int:
                 **{n: RUNS / n / "compare.json" for n in DATASETS}}
     results.update({n: result(n) for n in ORDER if n not in results and finished[n].exists()})
     out = Path(args.out)
-    out.write_text(page(results, out.read_text() if out.exists() else ""))
+    text = page(results, out.read_text() if out.exists() else "")
+    tmp = out.with_name(out.name + ".tmp")  # a page is never left half-written
+    tmp.write_text(text)
+    os.replace(tmp, out)
     print(f"wrote {out}")
     return 0
 

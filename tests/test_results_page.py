@@ -100,3 +100,11 @@ def test_a_section_names_its_split_and_how_the_beeformer_epochs_were_chosen():
     text = "\n".join(results.section(one))
     assert "kept epoch 1; the row is that run's kept model, trained on the train part only" in text
     assert "refitted" not in text.split("beeFormer row:")[1]
+    assert "a validation run of 1 epoch on the train part" in text
+    assert "the validation cold items are held out of its training" in text
+    # On a time split there are no cold items: what the row has not trained on is the validation period.
+    timed = {**one, "stats": {**one["stats"], "split": {**one["stats"]["split"], "kind": "time",
+                                                        "val": {"target_interactions": 11181}}}}
+    text = "\n".join(results.section(timed))
+    assert "it has not trained on the validation part's 11,181 interactions" in text
+    assert "cold items" not in text.split("beeFormer row:")[1].split("\n")[0]

@@ -695,11 +695,10 @@ def main(argv=None) -> int:
     finished = {"goodlens": RUNS / "goodlens" / "compare-amazon.json",
                 **{n: RUNS / n / "compare.json" for n in DATASETS}}
     results.update({n: result(n) for n in ORDER if n not in results and finished[n].exists()})
+    from beeray.files import write_text
+
     out = Path(args.out)
-    text = page(results, out.read_text() if out.exists() else "")
-    tmp = out.with_name(out.name + ".tmp")  # a page is never left half-written
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    write_text(out, page(results, out.read_text() if out.exists() else ""))  # never left half-written
     print(f"wrote {out}")
     return 0
 

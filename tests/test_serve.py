@@ -49,8 +49,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def call(url: str, method: str = "GET", body=None, raw: bytes | None = None) -> tuple[int, dict]:
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+def call(url: str, method: str = "GET", body=None) -> tuple[int, dict]:
+    data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
